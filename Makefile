@@ -1,0 +1,39 @@
+# The two set-up commands of the README. Each creates .venv on first use (Python >= 3.10 on PATH as python3).
+#   make demo   generation with the embedded default model (runtime only: numpy, onnxruntime, tokenizers)
+#   make test   the test suite (adds torch, transformers, Optimum, pytest; the CPU torch build, < 2.14)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[cpu]"
+	touch $@
+
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test]"
+	touch $(VENV)/.runtime $@
+
+demo: $(VENV)/.runtime
+	$(BIN)/ortdecode generate "spell out: 4521" "to digits: nine hundred ninety-nine thousand nine hundred ninety-nine" "ordinal: 21" "spell out: 700019"
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest -q
+
+$(VENV)/.bench: pyproject.toml | $(VENV)/.dev
+	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test,bench]"
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m benchmarks.run
+
+model: $(VENV)/.bench
+	$(BIN)/python -m models.numbers
+
+clean:
+	rm -rf $(VENV) .pytest_cache

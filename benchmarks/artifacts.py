@@ -1,0 +1,99 @@
+"""Models the benchmarks run, made on the spot and cached in benchmarks/work/ (git-ignored).
+
+- "t5-small": t5-small's architecture with random weights from seed 0 (the real t5-small cannot be
+  downloaded here), a synthetic 32,100-piece vocabulary;
+- "t5-numbers": the embedded default model (its folder is also its PyTorch checkpoint).
+
+Each model gets: the PyTorch checkpoint, ortdecode exports (float32; int8 on CPU; CUDA-fused on GPU),
+and CTranslate2 conversions (float32, int8).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / "work"
+
+
+@dataclass
+class ModelArtifacts:
+    name: str
+    description: str
+    checkpoint: Path
+    exports: dict[str, Path] = field(default_factory=dict)  # "fp32", "int8", "cuda-fp32", "cuda-fp16"
+    ctranslate2: dict[str, Path] = field(default_factory=dict)  # "float32", "int8"
+    vocabulary: list[str] = field(default_factory=list)
+    vocab_size: int = 0
+
+
+def _done(path: Path) -> bool:
+    return (path / ".complete").exists()
+
+
+def _mark(path: Path) -> Path:
+    (path / ".complete").write_text("")
+    return path
+
+
+def checkpoint_for(name: str) -> tuple[Path, str]:
+    if name == "t5-numbers":
+        import ortdecode
+
+        return ortdecode.default_model_path(), "embedded default model (t5-numbers, trained here)"
+    if name == "t5-small":
+        from ortdecode_export.checkpoints import make_random_t5
+
+        path = WORK / "t5-small-random"
+        if not _done(path):
+            shutil.rmtree(path, ignore_errors=True)
+            _mark(make_random_t5(path, "t5-small", seed=0))
+        return path, ("t5-small architecture (d_model 512, 6+6 layers, 8 heads, vocab 32128) with random weights "
+                      "from seed 0: the real t5-small cannot be downloaded on this machine")
+    raise ValueError(f"unknown benchmark model {name!r}; known: t5-small, t5-numbers")
+
+
+def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
+    from ortdecode_export import export_model
+
+    path = WORK / f"{name}-{variant}"
+    if _done(path):
+        return path
+    options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
+               "cuda-fp16": {"target": "cuda", "fp16": True}}[variant]
+    export_model(str(checkpoint), path, force=True, progress=False, **options)
+    return _mark(path)
+
+
+def ctranslate2_variant(name: str, checkpoint: Path, quantization: str) -> Path:
+    import ctranslate2
+
+    path = WORK / f"{name}-ct2-{quantization}"
+    if _done(path):
+        return path
+    converter = ctranslate2.converters.TransformersConverter(str(checkpoint))
+    converter.convert(str(path), quantization=quantization, force=True)
+    return _mark(path)
+
+
+def prepare(name: str, variants: list[str], ct2_quantizations: list[str]) -> ModelArtifacts:
+    from transformers import AutoTokenizer
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    checkpoint, description = checkpoint_for(name)
+    artifacts = ModelArtifacts(name=name, description=description, checkpoint=checkpoint)
+    for variant in variants:
+        artifacts.exports[variant] = export_variant(name, checkpoint, variant)
+    for quantization in ct2_quantizations:
+        try:
+            artifacts.ctranslate2[quantization] = ctranslate2_variant(name, checkpoint, quantization)
+        except ImportError:
+            break
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    artifacts.vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    import json
+
+    artifacts.vocab_size = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    return artifacts

@@ -1,0 +1,139 @@
+"""The engines under test, each behind the same verb: `run(workload, batch, new_tokens) -> sequences`.
+
+Every engine gets the same token ids and must produce exactly `new_tokens` tokens per sequence
+(min = max new tokens), so all do the same work:
+
+- ortdecode: this project, on the export folder;
+- transformers: PyTorch `generate` on the checkpoint;
+- Optimum: `ORTModelForSeq2SeqLM.generate` on the same ONNX graphs as ortdecode (IO binding on CUDA,
+  where Optimum supports it);
+- CTranslate2: its converter on the same checkpoint, same tokens given as vocabulary strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str  # "greedy", "sampling", "beam 4"
+    num_beams: int = 1
+    do_sample: bool = False
+    top_p: float = 1.0
+
+    def hf_options(self) -> dict:
+        """transformers / Optimum / ortdecode options; top_k=0 so sampling is pure nucleus everywhere."""
+        if self.do_sample:
+            return dict(do_sample=True, top_p=self.top_p, top_k=0, num_beams=1)
+        return dict(do_sample=False, num_beams=self.num_beams)
+
+
+WORKLOADS = {
+    "greedy": Workload("greedy"),
+    "sampling": Workload("sampling", do_sample=True, top_p=0.9),
+    "beam 4": Workload("beam 4", num_beams=4),
+}
+
+
+def padded(sources: list[np.ndarray], pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.full((len(sources), max(len(s) for s in sources)), pad, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, source in enumerate(sources):
+        ids[row, :len(source)] = source
+        mask[row, :len(source)] = 1
+    return ids, mask
+
+
+class OrtDecodeEngine:
+    name = "ortdecode"
+
+    def __init__(self, export_dir, provider: str = "cpu", threads: int | None = None, label: str | None = None):
+        import ortdecode
+
+        self.generator = ortdecode.load(export_dir, provider=provider, threads=threads)
+        self.name = label or self.name
+
+    def run(self, sources, workload: Workload, new_tokens: int, seed: int = 0) -> np.ndarray:
+        ids, mask = padded(sources)
+        result = self.generator.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                         min_new_tokens=new_tokens, seed=seed, **workload.hf_options())
+        return result.sequences
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, checkpoint, device: str = "cpu", threads: int | None = None):
+        import torch
+        from transformers import T5ForConditionalGeneration
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = device
+        self.model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval().to(device)
+
+    def run(self, sources, workload: Workload, new_tokens: int, seed: int = 0) -> np.ndarray:
+        ids, mask = padded(sources)
+        self.torch.manual_seed(seed)
+        with self.torch.inference_mode():
+            out = self.model.generate(input_ids=self.torch.from_numpy(ids).to(self.device),
+                                      attention_mask=self.torch.from_numpy(mask).to(self.device),
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, **workload.hf_options())
+        return out.cpu().numpy()
+
+
+class OptimumEngine:
+    name = "Optimum"
+
+    def __init__(self, export_dir, provider: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+        import torch
+        from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.torch = torch
+        cuda = provider == "cuda"
+        self.device = "cuda" if cuda else "cpu"
+        self.model = ORTModelForSeq2SeqLM.from_pretrained(
+            export_dir, provider="CUDAExecutionProvider" if cuda else "CPUExecutionProvider", session_options=options,
+            use_merged=False, use_io_binding=cuda)
+
+    def run(self, sources, workload: Workload, new_tokens: int, seed: int = 0) -> np.ndarray:
+        ids, mask = padded(sources)
+        self.torch.manual_seed(seed)
+        with self.torch.inference_mode():
+            out = self.model.generate(input_ids=self.torch.from_numpy(ids).to(self.device),
+                                      attention_mask=self.torch.from_numpy(mask).to(self.device),
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens, **workload.hf_options())
+        return out.cpu().numpy()
+
+
+class CTranslate2Engine:
+    name = "CTranslate2"
+
+    def __init__(self, converted_dir, vocabulary: list[str], device: str = "cpu", compute_type: str = "float32",
+                 threads: int | None = None, label: str | None = None):
+        import ctranslate2
+
+        self.translator = ctranslate2.Translator(str(converted_dir), device=device, compute_type=compute_type,
+                                                 inter_threads=1, intra_threads=threads or 0)
+        self.vocabulary = vocabulary
+        self.index = {token: i for i, token in enumerate(vocabulary)}
+        self.name = label or self.name
+
+    def run(self, sources, workload: Workload, new_tokens: int, seed: int = 0) -> np.ndarray:
+        tokens = [[self.vocabulary[t] for t in source] for source in sources]
+        if workload.do_sample:
+            options = dict(beam_size=1, sampling_topk=0, sampling_topp=workload.top_p, sampling_temperature=1.0)
+        else:
+            options = dict(beam_size=workload.num_beams)
+        results = self.translator.translate_batch(tokens, max_decoding_length=new_tokens,
+                                                  min_decoding_length=new_tokens, **options)
+        rows = [[self.index.get(t, 2) for t in r.hypotheses[0]] for r in results]
+        return np.array([row + [0] * (new_tokens - len(row)) for row in rows], dtype=np.int64)

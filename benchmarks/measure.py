@@ -1,0 +1,105 @@
+"""What the harness measures besides wall time: memory bandwidth, bytes of decoder weights per step,
+peak RSS of an engine in its own process, and ONNX Runtime's per-op profile."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> float:
+    """Bytes per second that `threads` threads read from DRAM, each summing its share of a buffer much
+    larger than the caches (NumPy releases the GIL in reductions). Median over repeats, GB/s."""
+    data = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    chunks = np.array_split(data, threads)
+    data.sum()  # fault the pages in
+
+    def once() -> float:
+        workers = [threading.Thread(target=chunk.sum) for chunk in chunks]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return time.perf_counter() - start
+
+    return data.nbytes / statistics.median(once() for _ in range(repeats)) / 1e9
+
+
+def gpu_bandwidth(megabytes: int = 2048, repeats: int = 20) -> float:
+    """Device-to-device copy on the GPU, bytes read plus bytes written per second (GB/s), via PyTorch."""
+    import torch
+
+    source = torch.empty(megabytes * (1 << 20), dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(repeats):
+        start.record()
+        target.copy_(source)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * source.numel() / statistics.median(times) / 1e9
+
+
+def decoder_weight_bytes(graph_path: Path) -> int:
+    """Bytes of weights one decoder step reads: every initializer except embedding tables, of which a
+    step reads only one row per sequence (Gather data)."""
+    import onnx
+
+    model = onnx.load(str(graph_path))
+    gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+    total = 0
+    for tensor in model.graph.initializer:
+        if tensor.name in gathered:
+            continue
+        total += onnx.numpy_helper.to_array(tensor).nbytes
+    return total
+
+
+def peak_rss_in_subprocess(code: str, timeout: float = 900) -> float:
+    """Run `code` in a fresh interpreter and return its peak resident set size in MiB."""
+    wrapper = code + "\nimport resource, json; print('PEAK_RSS_KB=' + str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+    run = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout)
+    for line in run.stdout.splitlines():
+        if line.startswith("PEAK_RSS_KB="):
+            return int(line.split("=")[1]) / 1024
+    raise RuntimeError(f"RSS probe failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.stdout}")
+
+
+def ort_op_profile(run_generation, profile_dir: Path, top: int = 12) -> dict:
+    """Per-op-type time of one generation, from ONNX Runtime's profiler.
+
+    `run_generation(session_options)` must build the engine with those options and generate once."""
+    import onnxruntime as ort
+
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(profile_dir / "ort")
+    sessions = run_generation(options)
+    totals: dict[str, float] = defaultdict(float)
+    run_total = 0.0
+    for session in sessions:
+        trace = Path(session.end_profiling())
+        for event in json.loads(trace.read_text()):
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                totals[event["args"]["op_name"]] += event["dur"]
+            elif event.get("cat") == "Session" and event["name"] == "model_run":
+                run_total += event["dur"]
+        trace.unlink()
+    kernel_total = sum(totals.values())
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return {"model_run_ms": run_total / 1e3, "kernel_ms": kernel_total / 1e3,
+            "ops": [{"op": op, "ms": us / 1e3, "share_of_kernel_time": us / kernel_total} for op, us in ranked]}

@@ -1,0 +1,22 @@
+"""Errors ortdecode reports to its users.
+
+Invalid generation options raise plain `ValueError` (as transformers does). The classes here cover the
+rest: a folder that is not an export, a provider that cannot start, logits that stop being numbers.
+The CLI prints any of them as one line.
+"""
+
+
+class OrtDecodeError(Exception):
+    """Base class of the errors ortdecode raises on purpose."""
+
+
+class ModelFolderError(OrtDecodeError, ValueError):
+    """The model folder is missing, is not an ortdecode export, or does not match its manifest."""
+
+
+class ProviderError(OrtDecodeError, RuntimeError):
+    """The requested ONNX Runtime execution provider is not available or failed to start."""
+
+
+class NonFiniteLogitsError(OrtDecodeError, FloatingPointError):
+    """A decoding step produced NaN or +inf logits or scores."""

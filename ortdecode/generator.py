@@ -1,0 +1,196 @@
+"""`load` and the `Generator`: generate, stream and score on an exported T5.
+
+The decoding loop is `Generator._decode`; read it first. Per step: the runner returns the logits of
+the last position, the search turns them into scores (log-probs for beam search), the processors
+apply transformers' rules, the search picks the next tokens and, for beam search, says which cache
+rows survive; the runner reorders its cache on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .config import GenerationConfig
+from .errors import ModelFolderError
+from .manifest import Manifest, read_manifest
+from .numerics import check_scores, log_softmax
+from .processors import LogitsProcessor, apply_processors, build_processors
+from .results import GenerationResult, ScoreResult
+from .runner import Runner
+from .search import BeamSearch, TokenSearch, make_search
+from .tokenizer import TextTokenizer
+
+DEFAULT_MODEL_NAME = "t5-numbers"
+
+
+def default_model_path() -> Path:
+    """The embedded default model: inside the installed package, or in the checkout's models/ folder."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "default_model", here.parent / "models" / DEFAULT_MODEL_NAME):
+        if (candidate / "ortdecode.json").exists():
+            return candidate
+    raise ModelFolderError(f"the embedded default model is missing (looked in {here / 'default_model'} and "
+                           f"{here.parent / 'models' / DEFAULT_MODEL_NAME}); name a model folder instead")
+
+
+def load(path: str | Path | None = None, provider: str = "auto", *, threads: int | None = None,
+         decoder_layout: str = "auto", session_options=None) -> "Generator":
+    """Load an export folder made by `ortdecode export` (None: the embedded default model).
+
+    provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
+    threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores).
+    decoder_layout: "auto" (split pair when exported, else merged), "split" or "merged".
+    session_options: an onnxruntime.SessionOptions to use as-is (profiling, custom settings).
+    """
+    folder = Path(path) if path is not None else default_model_path()
+    manifest = read_manifest(folder)
+    runner = Runner(folder, manifest, provider=provider, threads=threads, decoder_layout=decoder_layout,
+                    session_options=session_options)
+    tokenizer = TextTokenizer(folder, pad_token_id=manifest.pad_token_id)
+    defaults = GenerationConfig.from_model_folder(
+        folder, decoder_start_token_id=manifest.decoder_start_token_id,
+        eos_token_id=list(manifest.eos_token_id), pad_token_id=manifest.pad_token_id)
+    return Generator(runner, tokenizer, defaults, manifest, folder)
+
+
+class Generator:
+    def __init__(self, runner: Runner, tokenizer: TextTokenizer, defaults: GenerationConfig, manifest: Manifest,
+                 folder: Path):
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.defaults = defaults  # transformers' defaults + the model's generation_config.json
+        self.manifest = manifest
+        self.folder = folder
+
+    @property
+    def provider(self) -> str:
+        return self.runner.provider
+
+    # ------------------------------------------------------------------ public verbs
+    def generate(self, texts: str | Sequence[str] | None = None, *, input_ids=None, attention_mask=None,
+                 logits_processors: Sequence[LogitsProcessor] = (), **options) -> GenerationResult:
+        """Generate from texts, or from token ids (int[batch, source_len], right-padded).
+
+        options: transformers' `generate` names (max_new_tokens, do_sample, num_beams, top_p, ...), plus
+        seed, return_logits and return_scores. logits_processors: callables (input_ids, scores) -> scores,
+        applied after the built-in processors and before the sampling warpers, as in transformers."""
+        config = self.defaults.for_call(**options)
+        input_ids, attention_mask = self._inputs(texts, input_ids, attention_mask)
+        logits_log: list[np.ndarray] | None = [] if config.return_logits else None
+        scores_log: list[np.ndarray] | None = [] if config.return_scores else None
+        search = None
+        for search in self._decode(input_ids, attention_mask, config, logits_processors, logits_log, scores_log):
+            pass
+        out = search.finalize()
+        return GenerationResult(
+            texts=self.tokenizer.decode_batch(out.sequences),
+            sequences=out.sequences,
+            finish_reasons=["eos" if done else "length" for done in out.finished],
+            sequences_scores=out.sequences_scores,
+            logits=logits_log,
+            scores=scores_log,
+        )
+
+    def stream(self, text: str, *, logits_processors: Sequence[LogitsProcessor] = (), **options) -> Iterator[str]:
+        """Yield the text of one generation piece by piece, as tokens are decoded (greedy or sampling)."""
+        config = self.defaults.for_call(**options)
+        if config.is_beam_search or config.num_return_sequences != 1:
+            raise ValueError("`stream` decodes one sequence: `num_beams` and `num_return_sequences` have to be 1, "
+                             f"but are {config.num_beams} and {config.num_return_sequences}")
+        if not isinstance(text, str):
+            raise ValueError(f"`stream` takes one text (str), but got {type(text).__name__}")
+        input_ids, attention_mask = self.tokenizer.encode([text])
+        emitted = ""
+        for search in self._decode(input_ids, attention_mask, config, logits_processors, None, None):
+            decoded = self.tokenizer.decode(search.input_ids[0])
+            # Hold back an incomplete multi-byte character, and text a later token could still rewrite.
+            if decoded.endswith("\ufffd") or not decoded.startswith(emitted):
+                continue
+            if len(decoded) > len(emitted):
+                yield decoded[len(emitted):]
+                emitted = decoded
+
+    def score(self, sources: str | Sequence[str], targets: str | Sequence[str], *,
+              return_logits: bool = False) -> ScoreResult:
+        """Log-probability of each target token given its source, by teacher forcing: one encoder pass
+        and one decoder pass over the whole target, no generation."""
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        if not sources or len(sources) != len(targets):
+            raise ValueError(f"`score` needs as many targets as sources (at least one), got "
+                             f"{len(sources)} sources and {len(targets)} targets")
+        input_ids, attention_mask = self.tokenizer.encode(sources)
+        labels = [self.tokenizer.encode_one(t) for t in targets]
+        longest = max(len(ids) for ids in labels)
+        pad, start = self.manifest.pad_token_id, self.manifest.decoder_start_token_id
+        # T5's `_shift_right`: the decoder sees the start token, then the target without its last token.
+        decoder_input_ids = np.full((len(labels), longest), pad, dtype=np.int64)
+        decoder_input_ids[:, 0] = start
+        for row, ids in enumerate(labels):
+            decoder_input_ids[row, 1:len(ids)] = ids[:-1]
+        logits = self.runner.teacher_forced_logits(input_ids, attention_mask, decoder_input_ids)
+        check_scores(logits.reshape(-1, logits.shape[-1]), 0, "teacher-forced logits")
+        logprobs = log_softmax(logits)
+        token_logprobs = [logprobs[row, np.arange(len(ids)), ids] for row, ids in enumerate(labels)]
+        kept_logits = [logits[row, :len(ids)].copy() for row, ids in enumerate(labels)] if return_logits else None
+        return ScoreResult(tokens=labels, token_logprobs=token_logprobs, logits=kept_logits)
+
+    # ------------------------------------------------------------------ the loop
+    def _decode(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
+                user_processors: Sequence[LogitsProcessor], logits_log: list | None,
+                scores_log: list | None) -> Iterator[TokenSearch | BeamSearch]:
+        """Encode once, then one decoder step per new token until every row is done. Yields the search
+        after each step (streaming reads it); the caller finalizes it."""
+        rng = np.random.default_rng(config.seed)
+        search = make_search(config, num_inputs=len(input_ids), rng=rng)
+        # Beams (or samples) of one input are adjacent rows; each gets its own copy of the input.
+        repeat = config.rows_per_input
+        state = self.runner.encode(np.repeat(input_ids, repeat, axis=0), np.repeat(attention_mask, repeat, axis=0))
+        processors = build_processors(config, prompt_length=1, user_processors=user_processors)
+        for step in range(config.new_token_budget):
+            logits = self.runner.step(state, search.next_tokens)
+            check_scores(logits, step, "logits")
+            scores = apply_processors(processors, search.input_ids, search.to_scores(logits))
+            check_scores(scores, step, "processed scores")
+            if logits_log is not None:
+                logits_log.append(logits)
+            if scores_log is not None:
+                scores_log.append(scores)
+            kept_rows = search.advance(scores)
+            if search.done:
+                yield search
+                return
+            if kept_rows is not None:
+                self.runner.reorder_cache(state, kept_rows)
+            yield search
+
+    # ------------------------------------------------------------------ inputs
+    def _inputs(self, texts, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+        if texts is not None:
+            if input_ids is not None or attention_mask is not None:
+                raise ValueError("pass either `texts` or `input_ids`/`attention_mask`, not both")
+            texts = [texts] if isinstance(texts, str) else list(texts)
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise ValueError("`texts` has to be a string or a non-empty list of strings")
+            return self.tokenizer.encode(texts)
+        if input_ids is None:
+            raise ValueError("`generate` needs `texts` or `input_ids`")
+        input_ids = np.asarray(input_ids)
+        if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+            raise ValueError(f"`input_ids` has to be a non-empty 2-D array [batch, length], but has shape {input_ids.shape}")
+        if not np.issubdtype(input_ids.dtype, np.integer):
+            raise ValueError(f"`input_ids` has to hold integers, but has dtype {input_ids.dtype}")
+        if input_ids.min() < 0 or input_ids.max() >= self.manifest.vocab_size:
+            raise ValueError(f"`input_ids` has to lie in [0, {self.manifest.vocab_size}), but spans "
+                             f"[{input_ids.min()}, {input_ids.max()}]")
+        if attention_mask is None:
+            # transformers: mask out padding when the pad id occurs in the inputs.
+            pad = self.manifest.pad_token_id
+            attention_mask = (input_ids != pad) if (input_ids == pad).any() else np.ones_like(input_ids)
+        attention_mask = np.asarray(attention_mask)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"`attention_mask` has shape {attention_mask.shape}, but `input_ids` has {input_ids.shape}")
+        return input_ids.astype(np.int64), attention_mask.astype(np.int64)

@@ -1,0 +1,224 @@
+"""Search strategies: how the next tokens are chosen from processed scores.
+
+Both classes have the same shape (whisper's `TokenDecoder`):
+
+- ``input_ids``: int64[rows, cur_len], the running sequences that the processors see;
+- ``to_scores(logits)``: what the processors work on (raw logits, or log-probs for beam search);
+- ``advance(scores)``: choose the next tokens; returns the cache rows to keep (beam search) or None;
+- ``next_tokens``: int64[rows], what the model is fed at the next step;
+- ``done``: whether every row has finished;
+- ``finalize()``: the sequences transformers' `generate` would return, and their beam scores.
+
+Rows are laid out input-major: row = input_index * rows_per_input + beam (or sample) index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import GenerationConfig
+from .numerics import log_softmax, softmax
+
+# transformers marks impossible beams with this score rather than -inf, so sums stay finite.
+_IMPOSSIBLE = np.float32(-1.0e9)
+
+
+@dataclass
+class SearchOutput:
+    sequences: np.ndarray  # int64[inputs * num_return_sequences, length], decoder start token first
+    finished: np.ndarray  # bool[same rows]: ended with EOS (else stopped at the length limit)
+    sequences_scores: np.ndarray | None  # float32[rows] for beam search
+
+
+def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row from probs [rows, vocab] (rows sum to 1, float64), by inverting the CDF."""
+    cdf = np.cumsum(probs, axis=-1)
+    total = cdf[:, -1:]
+    # u * total < total always, so the chosen token has positive probability.
+    threshold = np.minimum(rng.random((probs.shape[0], 1)) * total, np.nextafter(total, 0))
+    return np.argmax(cdf > threshold, axis=-1).astype(np.int64)
+
+
+def sample_without_replacement(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k distinct indices per row, drawn in order with probability proportional to exp(log_weights)
+    among those not yet drawn (the Gumbel-top-k trick; same law as torch.multinomial without replacement)."""
+    keys = log_weights.astype(np.float64) + rng.gumbel(size=log_weights.shape)
+    return np.argsort(-keys, axis=-1, kind="stable")[:, :k]
+
+
+def _topk_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest per row, largest first; ties go to the lower index."""
+    return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+
+
+class TokenSearch:
+    """Greedy decoding (argmax) or multinomial sampling, one token per row per step.
+
+    As in transformers, a row that produced EOS keeps running and is fed padding until all rows finish."""
+
+    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator):
+        self.config = config
+        self.rng = rng
+        rows = num_inputs * config.rows_per_input
+        self.input_ids = np.full((rows, 1), config.decoder_start_token_id, dtype=np.int64)
+        self.unfinished = np.ones(rows, dtype=bool)
+        self._eos = np.asarray(config.eos_token_id, dtype=np.int64)
+
+    def to_scores(self, logits: np.ndarray) -> np.ndarray:
+        return logits
+
+    def advance(self, scores: np.ndarray) -> None:
+        if self.config.do_sample:
+            tokens = sample_rows(softmax(scores), self.rng)
+        else:
+            tokens = np.argmax(scores, axis=-1).astype(np.int64)
+        tokens = np.where(self.unfinished, tokens, self.config.pad_token_id)
+        self.input_ids = np.concatenate([self.input_ids, tokens[:, None]], axis=1)
+        self.unfinished &= ~np.isin(tokens, self._eos)
+        return None
+
+    @property
+    def next_tokens(self) -> np.ndarray:
+        return self.input_ids[:, -1]
+
+    @property
+    def done(self) -> bool:
+        return not self.unfinished.any() or self.input_ids.shape[1] - 1 >= self.config.new_token_budget
+
+    def finalize(self) -> SearchOutput:
+        return SearchOutput(sequences=self.input_ids, finished=~self.unfinished, sequences_scores=None)
+
+
+class BeamSearch:
+    """Beam search with transformers' (>= 4.50, vectorized) semantics.
+
+    Each step, every input's beams propose their top candidates; the best ``2 * num_beams`` by summed
+    log-probability are kept; those ending in EOS (or at the length limit) that rank among the first
+    ``num_beams`` become finished hypotheses, scored sum_logprobs / generated_length ** length_penalty;
+    the best unfinished ones continue. `early_stopping` decides when an input needs no more steps.
+    With ``do_sample`` the candidates are sampled without replacement instead (beam sampling)."""
+
+    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator):
+        self.config = config
+        self.rng = rng
+        self.batch = num_inputs
+        self.beams = config.num_beams
+        self.prompt_length = 1
+        self.max_length = self.prompt_length + config.new_token_budget
+        self.candidates = max(2, 1 + len(config.eos_token_id)) * self.beams
+        self._eos = np.asarray(config.eos_token_id, dtype=np.int64)
+        # transformers fills unused positions with `pad_token_id or eos_token_id[0]`: a pad id of 0
+        # counts as unset, so T5 outputs are filled with EOS (1). Kept for identical sequences.
+        self.fill = config.pad_token_id or config.eos_token_id[0]
+        shape = (self.batch, self.beams, self.max_length)
+        self.running = np.full(shape, self.fill, dtype=np.int64)
+        self.running[:, :, 0] = config.decoder_start_token_id
+        self.running_scores = np.zeros((self.batch, self.beams), dtype=np.float32)
+        self.running_scores[:, 1:] = _IMPOSSIBLE  # only the first beam is live at the start
+        self.finished_seqs = self.running.copy()
+        self.finished_scores = np.full((self.batch, self.beams), _IMPOSSIBLE, dtype=np.float32)
+        self.finished_lengths = np.zeros((self.batch, self.beams), dtype=np.int64)
+        self.is_finished = np.zeros((self.batch, self.beams), dtype=bool)
+        self.can_improve = np.ones((self.batch, 1), dtype=bool)
+        self.cur_len = self.prompt_length
+        self._done = False
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return self.running[:, :, :self.cur_len].reshape(self.batch * self.beams, self.cur_len)
+
+    @property
+    def next_tokens(self) -> np.ndarray:
+        return self.running[:, :, self.cur_len - 1].reshape(-1)
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def to_scores(self, logits: np.ndarray) -> np.ndarray:
+        return log_softmax(logits.astype(np.float32, copy=False))
+
+    def advance(self, scores: np.ndarray) -> np.ndarray:
+        """scores: float32[batch * beams, vocab] processed log-probs. Returns the cache rows to keep."""
+        cfg, B, K = self.config, self.batch, self.beams
+        vocab = scores.shape[-1]
+        total = (scores.reshape(B, K, vocab) + self.running_scores[:, :, None]).reshape(B, K * vocab)
+
+        # Top candidates across all beams of an input.
+        if cfg.do_sample:
+            log_weights = total - total.max(axis=-1, keepdims=True)
+            picked = sample_without_replacement(log_weights, self.candidates, self.rng)
+        else:
+            picked = _topk_indices(total, self.candidates)
+        cand_scores = np.take_along_axis(total, picked, axis=1)
+        cand_beam = picked // vocab
+        cand_token = picked % vocab
+        cand_seqs = np.take_along_axis(self.running, cand_beam[:, :, None], axis=1)
+        cand_seqs[:, :, self.cur_len] = cand_token
+        hits_stop = np.isin(cand_token, self._eos) | (self.cur_len + 1 >= self.max_length)
+
+        # The best unfinished candidates continue.
+        live_scores = cand_scores + hits_stop.astype(np.float32) * _IMPOSSIBLE
+        keep = _topk_indices(live_scores, K)
+        self.running = np.take_along_axis(cand_seqs, keep[:, :, None], axis=1)
+        self.running_scores = np.take_along_axis(live_scores, keep, axis=1)
+        source_beam = np.take_along_axis(cand_beam, keep, axis=1)
+        cache_rows = (source_beam + np.arange(B)[:, None] * K).reshape(-1)
+
+        self._update_finished(cand_seqs, cand_scores, hits_stop)
+        self.cur_len += 1
+        self._update_can_improve()
+        improvement_possible = self.can_improve.any()
+        open_beam = not (self.is_finished.all() and cfg.early_stopping is True)
+        self._done = not (improvement_possible and open_beam and not hits_stop.all())
+        return cache_rows
+
+    def _update_finished(self, cand_seqs, cand_scores, hits_stop) -> None:
+        cfg, K = self.config, self.beams
+        among_top = np.zeros(self.candidates, dtype=bool)
+        among_top[:K] = True
+        just_finished = hits_stop & among_top[None, :]
+        generated = self.cur_len + 1 - self.prompt_length
+        scores = (cand_scores / (generated ** cfg.length_penalty)).astype(np.float32)
+        full = self.is_finished.all(axis=-1, keepdims=True) & (cfg.early_stopping is True)
+        scores = scores + full.astype(np.float32) * _IMPOSSIBLE
+        scores = scores + (~self.can_improve).astype(np.float32) * _IMPOSSIBLE
+        scores = scores + (~just_finished).astype(np.float32) * _IMPOSSIBLE
+
+        merged_seqs = np.concatenate([self.finished_seqs, cand_seqs], axis=1)
+        merged_scores = np.concatenate([self.finished_scores, scores], axis=1)
+        merged_lengths = np.concatenate(
+            [self.finished_lengths, np.full(cand_scores.shape, self.cur_len + 1, dtype=np.int64)], axis=1)
+        merged_finished = np.concatenate([self.is_finished, just_finished], axis=1)
+        best = _topk_indices(merged_scores, K)
+        self.finished_seqs = np.take_along_axis(merged_seqs, best[:, :, None], axis=1)
+        self.finished_scores = np.take_along_axis(merged_scores, best, axis=1)
+        self.finished_lengths = np.take_along_axis(merged_lengths, best, axis=1)
+        self.is_finished = np.take_along_axis(merged_finished, best, axis=1)
+
+    def _update_can_improve(self) -> None:
+        """Can the best running beam still beat the worst finished hypothesis? (transformers'
+        `_check_early_stop_heuristic`)."""
+        cfg = self.config
+        if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
+            best_length = self.max_length - self.prompt_length
+        else:
+            best_length = self.cur_len - self.prompt_length
+        best_running = self.running_scores[:, :1] / (best_length ** cfg.length_penalty)
+        worst_finished = np.where(self.is_finished, self.finished_scores.min(axis=1, keepdims=True), _IMPOSSIBLE)
+        self.can_improve = self.can_improve & (best_running > worst_finished).any(axis=-1, keepdims=True)
+
+    def finalize(self) -> SearchOutput:
+        n = self.config.num_return_sequences
+        lengths = self.finished_lengths[:, :n].reshape(-1)
+        output_length = int(lengths.max())
+        sequences = self.finished_seqs[:, :n, :output_length].reshape(-1, output_length)
+        last = sequences[np.arange(len(sequences)), lengths - 1]
+        return SearchOutput(sequences=sequences, finished=np.isin(last, self._eos),
+                            sequences_scores=self.finished_scores[:, :n].reshape(-1).copy())
+
+
+def make_search(config: GenerationConfig, num_inputs: int, rng: np.random.Generator):
+    return BeamSearch(config, num_inputs, rng) if config.is_beam_search else TokenSearch(config, num_inputs, rng)

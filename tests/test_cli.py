@@ -1,0 +1,90 @@
+"""The command line, run as users run it: a subprocess, output and exit status checked."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import TEXTS
+
+
+def ortdecode(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "ortdecode.cli", *args], input=stdin, capture_output=True, text=True,
+                          timeout=600)
+
+
+def assert_one_line_error(run, *fragments):
+    assert run.returncode != 0
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_generate_json_and_plain(tiny_v1):
+    plain = ortdecode("generate", "--model", str(tiny_v1.export), "--provider", "cpu", "--max-new-tokens", "6",
+                      TEXTS[0], TEXTS[1])
+    assert plain.returncode == 0, plain.stderr
+    as_json = ortdecode("generate", "--model", str(tiny_v1.export), "--max-new-tokens", "6", "--json",
+                        TEXTS[0], TEXTS[1])
+    data = json.loads(as_json.stdout)
+    assert [r["input"] for r in data["results"]] == TEXTS[:2]
+    assert [r["outputs"][0] for r in data["results"]] == plain.stdout.splitlines()
+
+
+def test_generate_reads_stdin(tiny_v1):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--max-new-tokens", "4", "-",
+                    stdin="\n".join(TEXTS[:3]) + "\n")
+    assert run.returncode == 0 and len(run.stdout.splitlines()) == 3
+
+
+def test_generate_options_reach_the_engine(tiny_v1):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--max-new-tokens", "5", "--num-beams", "3",
+                    "--num-return-sequences", "3", "--json", TEXTS[2])
+    assert len(json.loads(run.stdout)["results"][0]["outputs"]) == 3
+
+
+def test_score(tiny_v1):
+    run = ortdecode("score", "--model", str(tiny_v1.export), "--source", TEXTS[0], "--target", "seven", "--json")
+    data = json.loads(run.stdout)
+    assert data["token_ids"][-1] == 1 and data["total_logprob"] == pytest.approx(sum(data["token_logprobs"]))
+
+
+def test_missing_model_folder(tmp_path):
+    assert_one_line_error(ortdecode("generate", "--model", str(tmp_path / "nope"), "hi"), "does not exist")
+
+
+def test_folder_that_is_not_an_export(tmp_path):
+    assert_one_line_error(ortdecode("generate", "--model", str(tmp_path), "hi"), "is not an ortdecode export")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--top-p", "1.5", "--do-sample"], "`top_p` has to be a float in (0, 1], but is 1.5"),
+    (["--num-beams", "0"], "`num_beams` has to be an integer >= 1, but is 0"),
+    (["--max-new-tokens", "0"], "`max_new_tokens` has to be an integer >= 1, but is 0"),
+    (["--temperature", "0", "--do-sample"], "`temperature`"),
+])
+def test_invalid_options(tiny_v1, args, fragment):
+    assert_one_line_error(ortdecode("generate", "--model", str(tiny_v1.export), *args, "hi"), fragment)
+
+
+def test_malformed_command_line_is_one_line_too():
+    assert_one_line_error(ortdecode("generate", "--max-new-tokens", "many", "hi"), "invalid int value")
+
+
+def test_export_refuses_a_non_empty_folder(tiny_v1, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    run = ortdecode("export", str(tiny_v1.checkpoint), str(tmp_path))
+    assert_one_line_error(run, "is not empty; pass --force")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_export_of_a_missing_model(tmp_path):
+    assert_one_line_error(ortdecode("export", str(tmp_path / "no-such-model"), str(tmp_path / "out")), "cannot load MODEL")
+
+
+def test_verify(tiny_v1):
+    run = ortdecode("verify", str(tiny_v1.export))
+    assert run.returncode == 0 and "match their sha256" in run.stdout

@@ -1,0 +1,92 @@
+"""The embedded default model (models/t5-numbers): it loads, it is what its manifest says, it is right."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ortdecode
+from models.numbers.spelling import ordinal, parse, spell
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPECTED = {
+    "spell out: 4521": "four thousand five hundred twenty-one",
+    "spell out: 700019": "seven hundred thousand nineteen",
+    "spell out: 0": "zero",
+    "spell out: 90": "ninety",
+    "to digits: nine hundred ninety-nine thousand nine hundred ninety-nine": "999999",
+    "to digits: twelve thousand three hundred forty-five": "12345",
+    "ordinal: 21": "twenty-first",
+    "ordinal: 100000": "one hundred thousandth",
+}
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return ortdecode.load(provider="cpu")
+
+
+def test_default_path_is_the_shipped_folder():
+    assert ortdecode.default_model_path() == ROOT / "models" / "t5-numbers"
+
+
+def test_fixed_prompts_give_the_exact_text(generator):
+    assert generator.generate(list(EXPECTED)).texts == list(EXPECTED.values())
+
+
+def test_beam_search_agrees_on_the_fixed_prompts(generator):
+    assert generator.generate(list(EXPECTED), num_beams=4).texts == list(EXPECTED.values())
+
+
+def test_manifest_sha256_matches_the_files():
+    ortdecode.verify_checksums(ortdecode.default_model_path())
+
+
+def test_shipped_folder_is_small_and_the_model_is_small():
+    folder = ortdecode.default_model_path()
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 25 * 2**20
+    report = json.loads((folder / "evaluation.json").read_text())
+    assert report["parameters"] < 5_000_000
+
+
+def test_model_card_accuracy_is_measured_and_meets_the_bar():
+    report = json.loads((ortdecode.default_model_path() / "evaluation.json").read_text())
+    for engine, strategies in report["results"].items():
+        for task in ("spell out", "to digits"):
+            assert strategies["greedy"][task]["examples"] >= 1000
+            assert strategies["greedy"][task]["exact_match"] >= 0.98, (engine, task)
+    card = (ortdecode.default_model_path() / "README.md").read_text()
+    assert "| ortdecode (ONNX Runtime) | greedy |" in card
+
+
+@pytest.mark.parametrize("n", [0, 7, 13, 20, 21, 99, 100, 101, 110, 999, 1000, 1001, 4521, 10000, 100000, 101010,
+                               700019, 999999])
+def test_spelling_rules_round_trip(n):
+    assert parse(spell(n)) == n
+    assert "and" not in spell(n).split()
+
+
+def test_spelling_style():
+    assert spell(21) == "twenty-one" and spell(0) == "zero" and spell(4521) == "four thousand five hundred twenty-one"
+    assert ordinal(21) == "twenty-first" and ordinal(12) == "twelfth" and ordinal(40) == "fortieth"
+
+
+def test_works_from_a_non_editable_install(tmp_path):
+    """`pip install .` (not editable), then the CLI from another directory finds the packaged model."""
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(ROOT)],
+                   check=True, capture_output=True, timeout=600)
+    assert (site / "ortdecode" / "default_model" / "ortdecode.json").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-c", "import ortdecode, sys; print(ortdecode.__file__); "
+                          "from ortdecode.cli import main; sys.exit(main(['generate', 'spell out: 42']))"],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    module_file, output = run.stdout.splitlines()
+    assert module_file.startswith(str(site))
+    assert output == "forty-two"

@@ -1,0 +1,92 @@
+"""The exporter: what it writes, what it records, and when it refuses."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import ortdecode
+from ortdecode_export import ExportError, export_model
+
+from .conftest import TEXTS
+
+
+def test_manifest_records_the_export(tiny):
+    manifest = ortdecode.read_manifest(tiny.export)
+    config = json.loads((tiny.checkpoint / "config.json").read_text())
+    assert manifest.num_layers == config["num_layers"]
+    assert manifest.num_decoder_layers == config["num_decoder_layers"] == len(manifest.layers)
+    assert (manifest.num_heads, manifest.d_kv, manifest.d_model) == (config["num_heads"], config["d_kv"], config["d_model"])
+    assert (manifest.pad_token_id, manifest.eos_token_id, manifest.decoder_start_token_id) == (0, (1,), 0)
+    assert {"torch", "transformers", "optimum", "onnx", "onnxruntime", "ortdecode"} <= set(manifest.versions)
+    assert manifest.export_options["layout"] == "both" and manifest.opset >= 13
+    assert manifest.validation["passed"] is True and manifest.validation["max_abs_diff"] <= 1e-4
+    for role, graph in manifest.graphs.items():
+        model = onnx.load(str(tiny.export / graph.file), load_external_data=False)
+        assert tuple(i.name for i in model.graph.input) == graph.inputs
+    for name in ("tokenizer.json", "config.json", "generation_config.json"):
+        assert (tiny.export / name).exists()
+    ortdecode.verify_checksums(tiny.export)
+
+
+def test_validation_failure_reports_the_measured_difference(tiny_v1, tmp_path):
+    with pytest.raises(ExportError, match=r"validation failed: max \|logits - PyTorch logits\| = [0-9.e-]+ > atol 1e-12"):
+        export_model(str(tiny_v1.checkpoint), tmp_path / "strict", atol=1e-12, progress=False)
+    manifest = json.loads((tmp_path / "strict" / "ortdecode.json").read_text())
+    assert manifest["validation"]["passed"] is False
+
+
+def test_int8_export_is_smaller_recorded_and_still_correct(tmp_path, default_model_dir):
+    """The embedded model's folder is also its PyTorch checkpoint: quantize it and decode the fixed prompts."""
+    int8 = export_model(str(default_model_dir), tmp_path / "int8", quantize="int8", progress=False)
+    fp32 = ortdecode.read_manifest(default_model_dir)
+    assert int8.quantization == "int8-dynamic" and fp32.quantization is None
+    assert int8.validation["passed"] is None and int8.validation["max_abs_diff"] > 0  # measured, not judged
+    nodes = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "decoder_with_past_model.onnx")).graph.node}
+    assert nodes & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    size = lambda m, folder: (folder / m.graphs["decoder_with_past"].file).stat().st_size  # noqa: E731
+    assert size(int8, tmp_path / "int8") < 0.5 * size(fp32, default_model_dir)
+    prompts = ["spell out: 4521", "to digits: seventy thousand three", "ordinal: 21"]
+    assert ortdecode.load(tmp_path / "int8").generate(prompts).texts == [
+        "four thousand five hundred twenty-one", "70003", "twenty-first"]
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(fp16=True), "--fp16 needs --target cuda"),
+    (dict(quantize="int8", target="cuda"), "--quantize int8 is for CPU exports"),
+    (dict(layout="merged", quantize="int8"), "use --layout split"),
+    (dict(target="tpu"), "`target`.*'tpu'"),
+])
+def test_incompatible_options(tiny_v1, tmp_path, options, match):
+    with pytest.raises(ValueError, match=match):
+        export_model(str(tiny_v1.checkpoint), tmp_path / "out", progress=False, **options)
+
+
+def test_refuses_non_t5_models(tmp_path):
+    from transformers import BartConfig
+
+    BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+               decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16).save_pretrained(tmp_path / "bart")
+    with pytest.raises(ExportError, match="is a 'bart' model; ortdecode exports t5, mt5"):
+        export_model(str(tmp_path / "bart"), tmp_path / "out", progress=False)
+
+
+def test_force_overwrites(tiny_v1, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    export_model(str(tiny_v1.checkpoint), out, force=True, validate=False, progress=False)
+    assert not (out / "old.txt").exists() and (out / "ortdecode.json").exists()
+
+
+def test_cache_reorder_graph_is_a_gather_per_kv_tensor(tiny):
+    manifest = ortdecode.read_manifest(tiny.export)
+    graph = onnx.load(str(tiny.export / manifest.graphs["cache_reorder"].file)).graph
+    assert [n.op_type for n in graph.node] == ["Gather"] * (2 * manifest.num_decoder_layers)
+    generator = ortdecode.load(tiny.export, provider="cpu")
+    ids, mask = generator.tokenizer.encode(TEXTS[:3])
+    state = generator.runner.encode(ids, mask)
+    generator.runner.step(state, np.zeros(3, np.int64))
+    generator.runner.reorder_cache(state, np.array([2, 0, 0]))
+    assert state.self_cache[0].shape()[0] == 3

@@ -1,0 +1,123 @@
+"""Parity with PyTorch/transformers on tiny exported T5s, in minGPT's three steps: logits allclose, then
+identical token ids, then identical strings. Every comparison runs transformers' own `generate` on the
+checkpoint the export was made from, with the same inputs: a padded batch of 10 texts of different lengths."""
+
+import numpy as np
+import pytest
+import torch
+
+import ortdecode
+from ortdecode_export.validate import pytorch_reference, stepwise_logits
+
+from .conftest import TEXTS
+from .test_search import chi_square_p
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    """(ortdecode generator, torch model, HF tokenizer, padded input tensors) for one tiny preset."""
+    tokenizer = tiny.hf_tokenizer()
+    encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    assert len(set(encoded["attention_mask"].sum(1).tolist())) >= 5  # really different lengths
+    return ortdecode.load(tiny.export, provider="cpu"), tiny.torch_model(), tokenizer, encoded
+
+
+def hf_generate(model, encoded, **options):
+    with torch.no_grad():
+        return model.generate(**encoded, return_dict_in_generate=True, output_scores=True, output_logits=True,
+                              **options)
+
+
+@pytest.mark.parametrize("layout", ["split", "merged"])
+def test_per_step_logits_match_pytorch(tiny, layout):
+    generator = ortdecode.load(tiny.export, provider="cpu", decoder_layout=layout)
+    tokenizer = tiny.hf_tokenizer()
+    encoded = tokenizer(TEXTS, padding=True, return_tensors="np")
+    ids, mask = encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
+    decoder_input_ids, expected = pytorch_reference(tiny.torch_model(), ids, mask, steps=12)
+    ours = stepwise_logits(generator.runner, ids, mask, decoder_input_ids)
+    assert np.abs(ours - expected).max() <= 1e-4
+    single_pass = generator.runner.teacher_forced_logits(ids, mask, decoder_input_ids)
+    assert np.abs(single_pass - expected).max() <= 1e-4
+
+
+def test_greedy_sequences_and_texts_are_identical(reference):
+    generator, model, tokenizer, encoded = reference
+    expected = hf_generate(model, encoded, max_new_tokens=16, do_sample=False)
+    result = generator.generate(TEXTS, max_new_tokens=16, return_logits=True, return_scores=True)
+    np.testing.assert_array_equal(result.sequences, expected.sequences.numpy())
+    assert result.texts == tokenizer.batch_decode(expected.sequences, skip_special_tokens=True)
+    assert len(result.logits) == len(expected.logits)
+    for ours, theirs in zip(result.logits, expected.logits):
+        assert np.abs(ours - theirs.numpy()).max() <= 1e-4
+
+
+def test_beam_search_sequences_and_scores_are_identical(reference):
+    generator, model, _, encoded = reference
+    expected = hf_generate(model, encoded, max_new_tokens=16, num_beams=4)
+    result = generator.generate(TEXTS, max_new_tokens=16, num_beams=4, return_scores=True)
+    np.testing.assert_array_equal(result.sequences, expected.sequences.numpy())
+    np.testing.assert_allclose(result.sequences_scores, expected.sequences_scores.numpy(), atol=1e-4)
+    for ours, theirs in zip(result.scores, expected.scores):  # processed log-probs, [batch * beams, vocab]
+        finite = np.isfinite(theirs.numpy())
+        np.testing.assert_array_equal(np.isfinite(ours), finite)
+        assert np.abs(ours[finite] - theirs.numpy()[finite]).max() <= 1e-4
+
+
+OPTION_TABLE = [
+    dict(max_new_tokens=12, num_beams=3, num_return_sequences=3),
+    dict(max_new_tokens=12, num_beams=4, length_penalty=0.3, early_stopping=True),
+    dict(max_new_tokens=12, num_beams=4, length_penalty=2.0, early_stopping="never", num_return_sequences=2),
+    dict(max_new_tokens=12, num_beams=2, no_repeat_ngram_size=2, repetition_penalty=1.5),
+    dict(max_new_tokens=12, repetition_penalty=1.8),
+    dict(max_new_tokens=12, no_repeat_ngram_size=2),
+    dict(max_new_tokens=12, min_new_tokens=10),
+    dict(max_new_tokens=12, min_length=8, num_beams=3),
+    dict(),  # max_length=20 from the defaults
+]
+
+
+@pytest.mark.parametrize("options", OPTION_TABLE, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+def test_option_table_matches_transformers(reference, options):
+    generator, model, tokenizer, encoded = reference
+    expected = hf_generate(model, encoded, **options)
+    result = generator.generate(TEXTS, return_scores=True, **options)
+    np.testing.assert_array_equal(result.sequences, expected.sequences.numpy())
+    assert result.texts == tokenizer.batch_decode(expected.sequences, skip_special_tokens=True)
+    if options.get("num_beams", 1) > 1:
+        np.testing.assert_allclose(result.sequences_scores, expected.sequences_scores.numpy(), atol=1e-4)
+    else:
+        for ours, theirs in zip(result.scores, expected.scores):
+            np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(theirs.numpy()))
+
+
+def test_sampling_follows_the_processed_distribution(tiny_v1):
+    """First-token frequencies from ortdecode's sampler vs the distribution that transformers' warpers
+    make from transformers' logits (chi-square)."""
+    from transformers.generation import logits_process as hf
+
+    generator = ortdecode.load(tiny_v1.export, provider="cpu")
+    text = TEXTS[1]
+    options = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.95)
+    draws = np.concatenate([
+        generator.generate(text, max_new_tokens=1, num_return_sequences=2000, seed=seed, **options).sequences[:, 1]
+        for seed in range(3)])
+    model, tokenizer = tiny_v1.torch_model(), tiny_v1.hf_tokenizer()
+    encoded = tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**encoded, decoder_input_ids=torch.zeros((1, 1), dtype=torch.long)).logits[:, -1]
+    warped = logits
+    for warper in (hf.TemperatureLogitsWarper(0.8), hf.TopKLogitsWarper(20), hf.TopPLogitsWarper(0.95)):
+        warped = warper(None, warped)
+    probs = torch.softmax(warped, -1)[0].double().numpy()
+    counts = np.bincount(draws, minlength=len(probs))
+    assert counts[probs == 0].sum() == 0  # nothing outside the top-k / top-p set
+    assert chi_square_p(counts, probs) > 1e-3
+
+
+def test_padded_rows_decode_like_unpadded_ones(reference):
+    generator = reference[0]
+    batched = generator.generate(TEXTS, max_new_tokens=10)
+    for i in (0, 4):
+        alone = generator.generate(TEXTS[i], max_new_tokens=10)
+        assert alone.texts[0] == batched.texts[i]

@@ -1,0 +1,100 @@
+"""The runner: IO binding, cache layout, split vs merged graphs, beam reordering, providers."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import ortdecode
+from ortdecode.errors import ModelFolderError, ProviderError
+
+from .conftest import TEXTS
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_v1):
+    return ortdecode.load(tiny_v1.export, provider="cpu")
+
+
+def encode(generator, texts=TEXTS[:4]):
+    return generator.tokenizer.encode(texts)
+
+
+def test_cache_lives_in_ortvalues_with_the_manifest_shapes(generator):
+    ids, mask = encode(generator)
+    state = generator.runner.encode(ids, mask)
+    generator.runner.step(state, np.zeros(len(ids), np.int64))
+    generator.runner.step(state, np.full(len(ids), 5, np.int64))
+    m = generator.manifest
+    assert len(state.self_cache) == len(state.cross_cache) == 2 * m.num_decoder_layers
+    assert all(isinstance(v, ort.OrtValue) for v in state.self_cache + state.cross_cache)
+    assert state.self_cache[0].shape() == [len(ids), m.num_heads, 2, m.d_kv]
+    assert state.cross_cache[0].shape() == [len(ids), m.num_heads, ids.shape[1], m.d_kv]
+
+
+def test_split_and_merged_layouts_give_the_same_logits(tiny_v1):
+    split = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout="split")
+    merged = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout="merged")
+    assert not split.runner.uses_merged and merged.runner.uses_merged
+    ids, mask = encode(split)
+    states = [g.runner.encode(ids, mask) for g in (split, merged)]
+    for token in (0, 7, 9, 3):
+        a, b = (g.runner.step(s, np.full(len(ids), token, np.int64)) for g, s in zip((split, merged), states))
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_reorder_cache_gathers_rows_on_the_device(generator):
+    ids, mask = encode(generator)
+    state = generator.runner.encode(ids, mask)
+    generator.runner.step(state, np.zeros(4, np.int64))
+    before = [v.numpy().copy() for v in state.self_cache]
+    rows = np.array([2, 2, 0, 3])
+    generator.runner.reorder_cache(state, rows)
+    for old, new in zip(before, state.self_cache):
+        np.testing.assert_array_equal(new.numpy(), old[rows])
+
+
+def test_reordered_cache_continues_like_a_fresh_decode(generator):
+    """Step 2 on reordered rows equals step 2 of a decode that started from those rows."""
+    ids, mask = encode(generator)
+    rows = np.array([1, 1, 3, 0])
+    state = generator.runner.encode(ids, mask)
+    generator.runner.step(state, np.zeros(4, np.int64))
+    generator.runner.reorder_cache(state, rows)
+    # The cross-attention cache is not reordered: beams of one input share it, so reorder the inputs here.
+    fresh = generator.runner.encode(ids[rows], mask[rows])
+    generator.runner.step(fresh, np.zeros(4, np.int64))
+    state.cross_cache = fresh.cross_cache
+    state.encoder_mask = fresh.encoder_mask
+    np.testing.assert_allclose(generator.runner.step(state, np.full(4, 6, np.int64)),
+                               generator.runner.step(fresh, np.full(4, 6, np.int64)), atol=1e-5)
+
+
+def test_unknown_provider_and_layout_are_rejected(tiny_v1):
+    with pytest.raises(ValueError, match="`provider`.*'tpu'"):
+        ortdecode.load(tiny_v1.export, provider="tpu")
+    with pytest.raises(ValueError, match="`decoder_layout`.*'fused'"):
+        ortdecode.load(tiny_v1.export, decoder_layout="fused")
+    with pytest.raises(ValueError, match="`threads`.*0"):
+        ortdecode.load(tiny_v1.export, threads=0)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")
+def test_cuda_provider_without_cuda_is_a_clear_error(tiny_v1):
+    with pytest.raises(ProviderError, match="provider 'cuda' requested.*ortdecode\\[gpu\\]"):
+        ortdecode.load(tiny_v1.export, provider="cuda")
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")
+def test_auto_provider_falls_back_to_cpu(tiny_v1):
+    assert ortdecode.load(tiny_v1.export, provider="auto").provider == "cpu"
+
+
+def test_layout_missing_from_the_export_is_a_clear_error(tmp_path, tiny_v1):
+    import shutil, json
+    copy = tmp_path / "split-only"
+    shutil.copytree(tiny_v1.export, copy)
+    manifest = json.loads((copy / "ortdecode.json").read_text())
+    del manifest["graphs"]["decoder_merged"]
+    (copy / "ortdecode.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="decoder_layout='merged'.*no decoder_merged"):
+        ortdecode.load(copy, decoder_layout="merged")
