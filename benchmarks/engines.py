@@ -12,7 +12,9 @@ Every engine gets the same token ids and must produce exactly `new_tokens` token
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -117,14 +119,15 @@ class OptimumEngine:
 class CTranslate2Engine:
     name = "CTranslate2"
 
-    def __init__(self, converted_dir, vocabulary: list[str], device: str = "cpu", compute_type: str = "float32",
+    def __init__(self, converted_dir, device: str = "cpu", compute_type: str = "float32",
                  threads: int | None = None, label: str | None = None):
         import ctranslate2
 
         self.translator = ctranslate2.Translator(str(converted_dir), device=device, compute_type=compute_type,
                                                  inter_threads=1, intra_threads=threads or 0)
-        self.vocabulary = vocabulary
-        self.index = {token: i for i, token in enumerate(vocabulary)}
+        # The converter writes the vocabulary it mapped ids to; token id i is entry i.
+        self.vocabulary = json.loads((Path(converted_dir) / "shared_vocabulary.json").read_text())
+        self.index = {token: i for i, token in enumerate(self.vocabulary)}
         self.name = label or self.name
 
     def run(self, sources, workload: Workload, new_tokens: int, seed: int = 0) -> np.ndarray:

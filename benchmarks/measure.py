@@ -15,23 +15,36 @@ from pathlib import Path
 import numpy as np
 
 
-def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> float:
-    """Bytes per second that `threads` threads read from DRAM, each summing its share of a buffer much
-    larger than the caches (NumPy releases the GIL in reductions). Median over repeats, GB/s."""
+def _median_seconds(work, repeats: int) -> float:
+    work()  # warm-up: pages faulted in, BLAS threads started
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def read_bandwidth(threads: int, megabytes: int = 512, repeats: int = 7) -> dict:
+    """DRAM read bandwidth (GB/s) of a buffer far larger than the caches, by three kernels: `threads`
+    Python threads each taking the max of its share (NumPy releases the GIL), the same with sum, and a
+    BLAS matrix-vector product (the decoder's own access pattern). The roofline uses the best of them."""
     data = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
     chunks = np.array_split(data, threads)
-    data.sum()  # fault the pages in
 
-    def once() -> float:
-        workers = [threading.Thread(target=chunk.sum) for chunk in chunks]
-        start = time.perf_counter()
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return time.perf_counter() - start
+    def threaded(reduce):
+        def work():
+            workers = [threading.Thread(target=reduce, args=(chunk,)) for chunk in chunks]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+        return work
 
-    return data.nbytes / statistics.median(once() for _ in range(repeats)) / 1e9
+    matrix, vector = data.reshape(-1, 4096), np.ones(4096, dtype=np.float32)
+    kernels = {f"max_{threads}_threads": threaded(np.max), f"sum_{threads}_threads": threaded(np.sum),
+               "blas_gemv": lambda: matrix @ vector}
+    return {name: data.nbytes / _median_seconds(work, repeats) / 1e9 for name, work in kernels.items()}
 
 
 def gpu_bandwidth(megabytes: int = 2048, repeats: int = 20) -> float:
@@ -69,8 +82,12 @@ def decoder_weight_bytes(graph_path: Path) -> int:
 
 
 def peak_rss_in_subprocess(code: str, timeout: float = 900) -> float:
-    """Run `code` in a fresh interpreter and return its peak resident set size in MiB."""
-    wrapper = code + "\nimport resource, json; print('PEAK_RSS_KB=' + str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+    """Run `code` in a fresh interpreter and return its peak resident set size in MiB.
+
+    VmHWM (/proc/self/status) belongs to the new address space; getrusage's ru_maxrss would not do: Linux
+    keeps it across execve, so a child forked from a large parent reports the parent's size."""
+    wrapper = code + ("\nfor line in open('/proc/self/status'):\n"
+                      "    if line.startswith('VmHWM:'): print('PEAK_RSS_KB=' + line.split()[1])")
     run = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout)
     for line in run.stdout.splitlines():
         if line.startswith("PEAK_RSS_KB="):

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .config import GenerationConfig
-from .numerics import softmax
+from .numerics import first_crossing
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -123,10 +123,11 @@ class TopK:
 
 
 class TopP:
-    """Nucleus filtering (Holtzman et al. 2019): sort ascending, remove the tokens whose cumulative
-    probability is <= 1 - top_p, always keep the ``min_tokens_to_keep`` most likely. The softmax and its
-    cumulative sum are computed in float64 (transformers uses float32), so the mask can differ from
-    transformers' only where float32 rounding crosses the threshold."""
+    """Nucleus filtering (Holtzman et al. 2019), transformers' rule: sort ascending, remove the tokens
+    whose cumulative probability is <= 1 - top_p, keep at least ``min_tokens_to_keep``. Equivalently: keep
+    the m most likely tokens, where m is the smallest count whose probability mass reaches top_p. One
+    sort of the row (no argsort), then a two-level cumulative search. Sums are float64 (transformers: float32), so the mask can differ from transformers' only where
+    rounding crosses the threshold. Tokens tied with the last kept one are kept."""
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
@@ -139,14 +140,15 @@ class TopP:
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if self.top_p >= 1.0:  # keep everything, even tokens whose probability underflows to 0
             return scores.copy()
-        order = np.argsort(scores, axis=-1, kind="stable")  # ascending
-        sorted_scores = np.take_along_axis(scores, order, axis=-1)
-        cumulative = np.cumsum(softmax(sorted_scores, dtype=np.float64), axis=-1)
-        remove_sorted = cumulative <= 1.0 - self.top_p
-        remove_sorted[:, -self.min_tokens_to_keep:] = False
-        remove = np.empty_like(remove_sorted)
-        np.put_along_axis(remove, order, remove_sorted, axis=-1)
-        return np.where(remove, -np.inf, scores).astype(scores.dtype, copy=False)
+        descending = -np.sort(-scores, axis=-1)  # contiguous, unlike a reversed view
+        weights = np.exp(descending - descending[:, :1])
+        total = weights.sum(axis=-1, dtype=np.float64)
+        # kept = 1 + index of the first token at which the cumulative mass reaches top_p; a crossing
+        # "> target" at the float64 value just below top_p * total is the same as ">= top_p * total".
+        kept = 1 + first_crossing(weights, np.nextafter(self.top_p * total, 0))
+        kept = np.clip(kept, self.min_tokens_to_keep, scores.shape[-1])
+        threshold = descending[np.arange(len(scores)), kept - 1]
+        return np.where(scores < threshold[:, None], -np.inf, scores).astype(scores.dtype, copy=False)
 
 
 def build_processors(config: GenerationConfig, prompt_length: int = 1,

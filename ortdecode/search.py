@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import GenerationConfig
-from .numerics import log_softmax, softmax
+from .numerics import first_crossing, log_softmax
 
 # transformers marks impossible beams with this score rather than -inf, so sums stay finite.
 _IMPOSSIBLE = np.float32(-1.0e9)
@@ -32,13 +32,14 @@ class SearchOutput:
     sequences_scores: np.ndarray | None  # float32[rows] for beam search
 
 
-def sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row from probs [rows, vocab] (rows sum to 1, float64), by inverting the CDF."""
-    cdf = np.cumsum(probs, axis=-1)
-    total = cdf[:, -1:]
-    # u * total < total always, so the chosen token has positive probability.
-    threshold = np.minimum(rng.random((probs.shape[0], 1)) * total, np.nextafter(total, 0))
-    return np.argmax(cdf > threshold, axis=-1).astype(np.int64)
+def sample_rows(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row, drawn with probability softmax(scores) [rows, vocab], by inverting the CDF.
+
+    The weights exp(score - max) are computed in the scores' dtype; the sums that decide the draw in
+    float64. Tokens at -inf have weight 0 and are never drawn."""
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    total = weights.sum(axis=-1, dtype=np.float64)
+    return first_crossing(weights, rng.random(len(scores)) * total).astype(np.int64)
 
 
 def sample_without_replacement(log_weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -49,8 +50,15 @@ def sample_without_replacement(log_weights: np.ndarray, k: int, rng: np.random.G
 
 
 def _topk_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest per row, largest first; ties go to the lower index."""
-    return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    """Indices of the k largest per row, largest first; equal values in index order. A partial selection
+    (argpartition) then a sort of the k winners: a full sort of [batch, beams * vocab] would cost more
+    than the model step."""
+    if k < values.shape[-1]:
+        candidates = np.argpartition(values, values.shape[-1] - k, axis=-1)[:, -k:]
+    else:
+        candidates = np.broadcast_to(np.arange(values.shape[-1]), values.shape)
+    order = np.lexsort((candidates, -np.take_along_axis(values, candidates, axis=-1)), axis=-1)
+    return np.take_along_axis(candidates, order, axis=-1)
 
 
 class TokenSearch:
@@ -71,7 +79,7 @@ class TokenSearch:
 
     def advance(self, scores: np.ndarray) -> None:
         if self.config.do_sample:
-            tokens = sample_rows(softmax(scores), self.rng)
+            tokens = sample_rows(scores, self.rng)
         else:
             tokens = np.argmax(scores, axis=-1).astype(np.int64)
         tokens = np.where(self.unfinished, tokens, self.config.pad_token_id)
