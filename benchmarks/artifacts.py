@@ -25,6 +25,7 @@ class ModelArtifacts:
     checkpoint: Path
     exports: dict[str, Path] = field(default_factory=dict)  # "fp32", "int8", "cuda-fp32", "cuda-fp16"
     ctranslate2: dict[str, Path] = field(default_factory=dict)  # "float32", "int8"
+    failed_exports: dict[str, str] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
     vocab_size: int = 0
 
@@ -84,8 +85,16 @@ def prepare(name: str, variants: list[str], ct2_quantizations: list[str]) -> Mod
     WORK.mkdir(parents=True, exist_ok=True)
     checkpoint, description = checkpoint_for(name)
     artifacts = ModelArtifacts(name=name, description=description, checkpoint=checkpoint)
+    from ortdecode_export import ExportError
+
     for variant in variants:
-        artifacts.exports[variant] = export_variant(name, checkpoint, variant)
+        try:
+            artifacts.exports[variant] = export_variant(name, checkpoint, variant)
+        except ExportError as exc:  # e.g. float16 overflow: recorded in the results, not fatal
+            if variant == "fp32":
+                raise
+            artifacts.failed_exports[variant] = str(exc)
+            print(f"[{name}] {variant} export skipped: {exc}", flush=True)
     for quantization in ct2_quantizations:
         try:
             artifacts.ctranslate2[quantization] = ctranslate2_variant(name, checkpoint, quantization)

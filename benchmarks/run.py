@@ -261,7 +261,8 @@ def main(argv=None) -> int:
             if row["engine"].startswith("ortdecode") and variant in weight_bytes and row["ms_per_step"] > 0:
                 row["roofline_ratio"] = weight_bytes[variant] * (1e3 / row["ms_per_step"]) / (bandwidth * 1e9)
         del engines
-        model_result = {"description": art.description, "decoder_weight_bytes": weight_bytes, "rows": rows}
+        model_result = {"description": art.description, "decoder_weight_bytes": weight_bytes, "rows": rows,
+                        "failed_exports": art.failed_exports}
         print(f"[{model_name}] peak RSS and profile", file=sys.stderr)
         model_result["peak_rss_mib"] = peak_rss(art, {r["engine"] for r in rows}, args.device, threads,
                                                 args.new_tokens)
