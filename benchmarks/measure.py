@@ -109,7 +109,10 @@ def ort_op_profile(run_generation, profile_dir: Path, top: int = 12) -> dict:
     totals: dict[str, float] = defaultdict(float)
     run_total = 0.0
     for session in sessions:
-        trace = Path(session.end_profiling())
+        trace_file = session.end_profiling()
+        if not trace_file:
+            continue
+        trace = Path(trace_file)
         for event in json.loads(trace.read_text()):
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
                 totals[event["args"]["op_name"]] += event["dur"]

@@ -7,12 +7,23 @@ for no memory saving. The KV cache and the logits stay float32.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 
 def quantize_graph_int8(source: Path, target: Path) -> None:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing suggestion on the root logger
+    try:
+        _quantize(source, target)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(source: Path, target: Path) -> None:
     quantize_dynamic(
         model_input=str(source),
         model_output=str(target),

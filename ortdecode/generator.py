@@ -146,9 +146,8 @@ class Generator:
         after each step (streaming reads it); the caller finalizes it."""
         rng = np.random.default_rng(config.seed)
         search = make_search(config, num_inputs=len(input_ids), rng=rng)
-        # Beams (or samples) of one input are adjacent rows; each gets its own copy of the input.
-        repeat = config.rows_per_input
-        state = self.runner.encode(np.repeat(input_ids, repeat, axis=0), np.repeat(attention_mask, repeat, axis=0))
+        # Beams (or samples) of one input are adjacent rows.
+        state = self.runner.encode(input_ids, attention_mask, copies=config.rows_per_input)
         processors = build_processors(config, prompt_length=1, user_processors=user_processors)
         for step in range(config.new_token_budget):
             logits = self.runner.step(state, search.next_tokens)

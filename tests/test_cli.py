@@ -88,3 +88,9 @@ def test_export_of_a_missing_model(tmp_path):
 def test_verify(tiny_v1):
     run = ortdecode("verify", str(tiny_v1.export))
     assert run.returncode == 0 and "match their sha256" in run.stdout
+
+
+def test_export_of_a_hub_id_without_network_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub on this machine: fail fast, not after timeouts
+    assert_one_line_error(ortdecode("export", "google/flan-t5-small", str(tmp_path / "out")),
+                          "cannot load MODEL 'google/flan-t5-small'")

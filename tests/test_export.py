@@ -63,6 +63,26 @@ def test_incompatible_options(tiny_v1, tmp_path, options, match):
         export_model(str(tiny_v1.checkpoint), tmp_path / "out", progress=False, **options)
 
 
+def test_mt5_checkpoints_export_and_decode_like_transformers(tmp_path, default_model_dir):
+    import torch
+    from transformers import AutoTokenizer, MT5Config, MT5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = MT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    MT5ForConditionalGeneration(config).save_pretrained(tmp_path / "mt5")
+    tokenizer.save_pretrained(tmp_path / "mt5")
+    manifest = export_model(str(tmp_path / "mt5"), tmp_path / "mt5-onnx", progress=False)
+    assert manifest.model_type == "mt5" and manifest.validation["passed"]
+    model = MT5ForConditionalGeneration.from_pretrained(tmp_path / "mt5").eval()
+    encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.generate(**encoded, max_new_tokens=10, num_beams=3)
+    result = ortdecode.load(tmp_path / "mt5-onnx").generate(TEXTS, max_new_tokens=10, num_beams=3)
+    np.testing.assert_array_equal(result.sequences, expected.numpy())
+
+
 def test_refuses_non_t5_models(tmp_path):
     from transformers import BartConfig
 

@@ -98,3 +98,20 @@ def test_layout_missing_from_the_export_is_a_clear_error(tmp_path, tiny_v1):
     (copy / "ortdecode.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFolderError, match="decoder_layout='merged'.*no decoder_merged"):
         ortdecode.load(copy, decoder_layout="merged")
+
+
+@pytest.mark.parametrize("layout", ["split", "merged"])
+def test_copies_share_one_encoder_pass_and_decode_like_repeated_inputs(tiny_v1, layout):
+    generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
+    ids, mask = encode(generator, TEXTS[:3])
+    shared = generator.runner.encode(ids, mask, copies=4)
+    repeated = generator.runner.encode(np.repeat(ids, 4, axis=0), np.repeat(mask, 4, axis=0))
+    assert shared.rows == repeated.rows == 12
+    if layout == "split":
+        assert shared.encoded_rows == 3  # the encoder ran once per input
+    tokens = np.zeros(12, np.int64)
+    for step in range(3):
+        a, b = generator.runner.step(shared, tokens), generator.runner.step(repeated, tokens)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        tokens = np.arange(12) % 7 + step  # rows of one input diverge after the first step
+    assert shared.self_cache[0].shape() == repeated.self_cache[0].shape()
