@@ -149,12 +149,15 @@ def plot(result: dict, path: Path) -> None:
     columns = min(3, len(panels))
     rows_n = (len(panels) + columns - 1) // columns
     fig, axes = plt.subplots(rows_n, columns, figsize=(4.6 * columns, 3.6 * rows_n), squeeze=False)
+    all_engines = dict.fromkeys(r["engine"] for data in result["models"].values() for r in data["rows"])
+    colors = {engine: f"C{i}" for i, engine in enumerate(all_engines)}  # one colour per engine, every panel
     for ax, (model, workload) in zip(axes.flat, panels):
         rows = [r for r in result["models"][model]["rows"] if r["workload"] == workload]
         for engine in dict.fromkeys(r["engine"] for r in rows):
             points = sorted((r["batch"], r["tokens_per_s"]) for r in rows if r["engine"] == engine)
             style = "-o" if engine.startswith("ortdecode") else "--s"
-            ax.plot([b for b, _ in points], [t for _, t in points], style, label=engine, markersize=4)
+            ax.plot([b for b, _ in points], [t for _, t in points], style, label=engine, markersize=4,
+                    color=colors[engine])
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{model}: {workload}", fontsize=10)

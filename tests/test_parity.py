@@ -52,8 +52,10 @@ def test_greedy_sequences_and_texts_are_identical(reference):
         assert np.abs(ours - theirs.numpy()).max() <= 1e-4
 
 
-def test_beam_search_sequences_and_scores_are_identical(reference):
-    generator, model, _, encoded = reference
+@pytest.mark.parametrize("layout", ["split", "merged"])
+def test_beam_search_sequences_and_scores_are_identical(reference, tiny, layout):
+    _, model, _, encoded = reference
+    generator = ortdecode.load(tiny.export, provider="cpu", decoder_layout=layout)
     expected = hf_generate(model, encoded, max_new_tokens=16, num_beams=4)
     result = generator.generate(TEXTS, max_new_tokens=16, num_beams=4, return_scores=True)
     np.testing.assert_array_equal(result.sequences, expected.sequences.numpy())
