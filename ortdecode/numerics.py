@@ -1,4 +1,5 @@
-"""Numerically stable softmax / log-softmax and the finiteness check run on every step.
+"""Numerics shared by the samplers: stable log-softmax, the cumulative-sum search behind sampling and
+top-p, and the finiteness check run on every step.
 
 All functions work on the last axis, never modify their input, and accept -inf entries (masked tokens).
 A row that is entirely -inf has no distribution; `check_scores` reports it before it reaches them.
@@ -15,15 +16,6 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     """log(softmax(x)) in x's dtype: x - max - log(sum(exp(x - max))). Shapes: [..., vocab]."""
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def softmax(x: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """softmax over the last axis, computed in `dtype` (float64 by default, for cumulative sums)."""
-    shifted = x.astype(dtype, copy=True)
-    shifted -= shifted.max(axis=-1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=-1, keepdims=True)
-    return shifted
 
 
 _BLOCK = 256

@@ -315,8 +315,3 @@ class Runner:
         session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
-
-    def describe(self) -> str:
-        layout = "merged decoder" if self.uses_merged else "split decoder"
-        threads = self.options.intra_op_num_threads or "default"
-        return f"{self.provider} provider, {layout}, intra-op threads: {threads}"

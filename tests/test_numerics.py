@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ortdecode.errors import NonFiniteLogitsError
-from ortdecode.numerics import check_scores, log_softmax, softmax
+from ortdecode.numerics import check_scores, first_crossing, log_softmax
 
 
 def test_log_softmax_is_stable_for_huge_logits():
@@ -13,15 +13,23 @@ def test_log_softmax_is_stable_for_huge_logits():
     np.testing.assert_allclose(out[0, 0] - out[0, 1], 1.0, rtol=1e-6)
 
 
-def test_softmax_handles_minus_inf_and_sums_to_one_in_float64():
-    probs = softmax(np.array([[-np.inf, 0.0, 1e4, -np.inf]], dtype=np.float32))
-    assert probs.dtype == np.float64 and probs[0, 0] == 0.0 and probs[0, 3] == 0.0
-    np.testing.assert_allclose(probs.sum(), 1.0)
+def test_first_crossing_matches_a_plain_cumulative_sum():
+    rng = np.random.default_rng(0)
+    weights = rng.random((6, 1000)).astype(np.float32)
+    weights[:, ::3] = 0.0  # zero weights are never the answer
+    targets = rng.random(6) * weights.sum(-1, dtype=np.float64)
+    expected = np.argmax(np.cumsum(weights, axis=-1, dtype=np.float64) > targets[:, None], axis=-1)
+    np.testing.assert_array_equal(first_crossing(weights, targets), expected)
+    assert (weights[np.arange(6), first_crossing(weights, targets)] > 0).all()
 
 
-def test_softmax_does_not_modify_its_input():
+def test_first_crossing_clamps_to_the_last_positive_weight():
+    weights = np.array([[0.0, 2.0, 1.0, 0.0, 0.0]], dtype=np.float32)
+    assert first_crossing(weights, np.array([10.0]))[0] == 2
+
+
+def test_log_softmax_does_not_modify_its_input():
     x = np.array([[1.0, 2.0]], dtype=np.float32)
-    softmax(x)
     log_softmax(x)
     np.testing.assert_array_equal(x, [[1.0, 2.0]])
 
