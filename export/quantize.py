@@ -18,18 +18,14 @@ def quantize_graph_int8(source: Path, target: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing suggestion on the root logger
     try:
-        _quantize(source, target)
+        quantize_dynamic(
+            model_input=str(source),
+            model_output=str(target),
+            op_types_to_quantize=["MatMul"],
+            per_channel=False,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
     finally:
         root.setLevel(level)
-
-
-def _quantize(source: Path, target: Path) -> None:
-    quantize_dynamic(
-        model_input=str(source),
-        model_output=str(target),
-        op_types_to_quantize=["MatMul"],
-        per_channel=False,
-        reduce_range=False,
-        weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": True},
-    )

@@ -126,8 +126,9 @@ class TopP:
     """Nucleus filtering (Holtzman et al. 2019), transformers' rule: sort ascending, remove the tokens
     whose cumulative probability is <= 1 - top_p, keep at least ``min_tokens_to_keep``. Equivalently: keep
     the m most likely tokens, where m is the smallest count whose probability mass reaches top_p. One
-    sort of the row (no argsort), then a two-level cumulative search. Sums are float64 (transformers: float32), so the mask can differ from transformers' only where
-    rounding crosses the threshold. Tokens tied with the last kept one are kept."""
+    sort of the row (no argsort), then a two-level cumulative search. Sums are float64 (transformers:
+    float32), so the mask can differ from transformers' only where rounding crosses the threshold.
+    Tokens tied with the last kept one are kept."""
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):

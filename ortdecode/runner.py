@@ -60,7 +60,6 @@ class DecoderState:
     host_mask: np.ndarray  # the same mask on the host, to widen it after the first step
     self_cache: list[ort.OrtValue] = field(default_factory=list)  # key, value per layer: [rows, heads, past, d_kv]
     cross_cache: list[ort.OrtValue] = field(default_factory=list)  # key, value per layer: [rows, heads, src, d_kv]
-    past_length: int = 0
 
     @property
     def rows(self) -> int:
@@ -263,7 +262,6 @@ class Runner:
         state.self_cache = outputs[1:1 + count]
         if first:
             state.cross_cache = outputs[1 + count:]
-        state.past_length += 1
         logits = outputs[0].numpy()[:, -1, :]
         if first and state.copies > 1:
             logits = self._widen_after_first_step(state, logits)
