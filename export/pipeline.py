@@ -219,7 +219,9 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             file = OPTIMUM_FILES.get(role, CACHE_REORDER_FILE)
             inputs, outputs, version = _graph_io(out_dir / file)
             graph_opset = version if role == mf.ENCODER else graph_opset
-            graphs[role] = mf.GraphFile(file=file, sha256=mf.sha256_of(out_dir / file), inputs=inputs, outputs=outputs)
+            external = {name: mf.sha256_of(path) for name, path in mf.external_data_of(out_dir, file).items()}
+            graphs[role] = mf.GraphFile(file=file, sha256=mf.sha256_of(out_dir / file), inputs=inputs, outputs=outputs,
+                                        external_data=external)
         from transformers import GenerationConfig as HFGenerationConfig
 
         try:

@@ -1,7 +1,9 @@
-"""The `ortdecode` command: generate, score, export, verify.
+"""The `ortdecode` command: generate, score, export, verify, check.
 
-Bad input (a missing folder, a folder that is not an export, an invalid option) prints one line on
-stderr and exits with status 1 (2 for a malformed command line). Set ORTDECODE_DEBUG=1 for tracebacks.
+Errors print one line on stderr, never a traceback (set ORTDECODE_DEBUG=1 for one). Exit status:
+0 success; 1 the model folder, the provider or the export failed (or `check` found a problem);
+2 a bad request: a malformed command line, an invalid option, an empty or too long text, stdin that
+is not UTF-8; 130 interrupted by Ctrl-C (what was generated so far is printed first).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Sequence
 
-from .errors import OrtDecodeError
+from .errors import GenerationInterrupted, OrtDecodeError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=float)
     gen.add_argument("--no-repeat-ngram-size", type=int)
     gen.add_argument("--seed", type=int)
+    gen.add_argument("--stop", action="append", metavar="TEXT", help="stop a sequence once it contains TEXT "
+                                                                     "(repeatable; the text is kept)")
+    gen.add_argument("--max-time", type=float, metavar="SECONDS", help="stop every sequence after SECONDS")
+    gen.add_argument("--max-input-tokens", type=int, metavar="N",
+                     help="refuse inputs longer than N tokens (default: the tokenizer's limit, else 512)")
+    gen.add_argument("--truncate-input", action="store_true", default=None,
+                     help="cut inputs longer than the limit (with a warning) instead of refusing them")
+    gen.add_argument("-v", "--verbose", action="store_true", help="say on stderr when the model is loaded")
     gen.add_argument("--stream", action="store_true", help="print tokens as they are decoded (one TEXT at a time)")
     gen.add_argument("--json", action="store_true", help="print one JSON object with every output")
 
@@ -70,38 +81,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check an export's files against the sha256 in its manifest")
     verify.add_argument("model", metavar="DIR", nargs="?")
+
+    check = commands.add_parser("check", help="hashes, graph signatures against the manifest, and a one-token "
+                                              "smoke decode; exit 0 only when all hold")
+    check.add_argument("model", metavar="DIR", nargs="?")
+    check.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
     return parser
 
 
 _GENERATE_OPTIONS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_beams",
-                     "num_return_sequences", "length_penalty", "repetition_penalty", "no_repeat_ngram_size", "seed")
+                     "num_return_sequences", "length_penalty", "repetition_penalty", "no_repeat_ngram_size", "seed",
+                     "stop", "max_time", "max_input_tokens", "truncate_input")
+
+
+def _stdin_lines() -> list[str]:
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"stdin is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def _read_texts(texts: Sequence[str]) -> list[str]:
     out: list[str] = []
     for text in texts:
-        out.extend(line.rstrip("\n") for line in sys.stdin if line.strip()) if text == "-" else out.append(text)
+        out.extend(_stdin_lines()) if text == "-" else out.append(text)
     if not out:
         raise ValueError("no input text (stdin was empty)")
     return out
 
 
-def _generate(args) -> int:
-    from . import GenerationConfig, default_model_path, load, read_manifest
-
-    # Bad input is reported before any session starts (and before the provider notice).
-    read_manifest(args.model or default_model_path())
-    options = {name: getattr(args, name) for name in _GENERATE_OPTIONS if getattr(args, name) is not None}
-    GenerationConfig().for_call(**options)
-    texts = _read_texts(args.texts)
-    generator = load(args.model, provider=args.provider, threads=args.threads)
-    if args.stream:
-        for text in texts:
-            for piece in generator.stream(text, **options):
-                print(piece, end="", flush=True)
-            print()
-        return 0
-    result = generator.generate(texts, **options)
+def _print_outputs(texts: list[str], result, args, generator, options) -> None:
     per_input = len(result.texts) // len(texts)
     if args.json:
         outputs = [{"input": text, "outputs": result.texts[i * per_input:(i + 1) * per_input],
@@ -112,6 +123,41 @@ def _generate(args) -> int:
     else:
         for text in result.texts:
             print(text)
+    timed_out = result.finish_reasons.count("time")
+    if timed_out:
+        print(f"ortdecode: max_time ({options['max_time']} s) ran out: {timed_out} of {len(result.texts)} outputs "
+              "are incomplete", file=sys.stderr)
+
+
+def _generate(args) -> int:
+    from . import GenerationConfig, default_model_path, load, read_manifest
+    from .generator import check_texts
+
+    # Bad input is reported before any session starts (and before the provider notice).
+    read_manifest(args.model or default_model_path())
+    options = {name: getattr(args, name) for name in _GENERATE_OPTIONS if getattr(args, name) is not None}
+    GenerationConfig().for_call(**options)
+    texts = _read_texts(args.texts)
+    check_texts(texts, "texts")
+    started = time.perf_counter()
+    generator = load(args.model, provider=args.provider, threads=args.threads)
+    if args.verbose:
+        print(f"ortdecode: loaded {generator.folder} on {generator.provider} in {time.perf_counter() - started:.2f} s",
+              file=sys.stderr, flush=True)
+    if args.stream:
+        for text in texts:
+            try:
+                for piece in generator.stream(text, **options):
+                    print(piece, end="", flush=True)
+            finally:
+                print(flush=True)  # end the line, also when Ctrl-C stops it
+        return 0
+    try:
+        result = generator.generate(texts, **options)
+    except GenerationInterrupted as interrupted:
+        _print_outputs(texts, interrupted.result, args, generator, options)
+        raise
+    _print_outputs(texts, result, args, generator, options)
     return 0
 
 
@@ -155,9 +201,22 @@ def _verify(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from . import default_model_path
+    from .check import check_model_folder
+
+    folder = args.model or default_model_path()
+    results = check_model_folder(folder, provider=args.provider)
+    for result in results:
+        print(f"{'ok  ' if result.passed else 'FAIL'}  {result.name}: {result.detail}")
+    failed = [r.name for r in results if not r.passed]
+    print(f"{folder}: " + (f"{len(failed)} of {len(results)} checks failed" if failed else f"all {len(results)} checks passed"))
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"generate": _generate, "score": _score, "export": _export, "verify": _verify}
+    handlers = {"generate": _generate, "score": _score, "export": _export, "verify": _verify, "check": _check}
     try:
         return handlers[args.command](args)
     except (OrtDecodeError, ValueError, FileNotFoundError) as exc:
@@ -165,8 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"ortdecode: error: {message}", file=sys.stderr)
-        return 1
+        is_request = isinstance(exc, ValueError) and not isinstance(exc, OrtDecodeError)
+        return 2 if is_request else 1
     except KeyboardInterrupt:
+        print("ortdecode: interrupted", file=sys.stderr)
         return 130
 
 

@@ -8,11 +8,12 @@ the call. The decoding loop trusts a `GenerationConfig`: every check happens in 
 from __future__ import annotations
 
 import dataclasses
-import json
 import numbers
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .model_files import read_json_file
 
 
 def _is_int(value) -> bool:
@@ -44,6 +45,15 @@ class GenerationConfig:
     # Logits processors, applied before the warpers.
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    # Stopping besides EOS and the length limit (transformers' `stop_strings` and `max_time`): a sequence
+    # stops once its text contains one of `stop` (the stop string is kept, as in transformers); every
+    # sequence stops after `max_time` seconds.
+    stop: tuple[str, ...] = ()
+    max_time: float | None = None
+    # Inputs: at most `max_input_tokens` tokens per input (None: the model's limit, see `Generator`);
+    # a longer input is an error, or is cut to the limit with a warning when `truncate_input` is True.
+    max_input_tokens: int | None = None
+    truncate_input: bool = False
     # Randomness: the seed of the np.random.Generator used for sampling (None: fresh entropy).
     seed: int | None = None
     # What the result carries besides the sequences.
@@ -55,10 +65,14 @@ class GenerationConfig:
     pad_token_id: int = 0
 
     def __post_init__(self):
-        if isinstance(self.eos_token_id, numbers.Integral):
-            object.__setattr__(self, "eos_token_id", (int(self.eos_token_id),))
-        else:
-            object.__setattr__(self, "eos_token_id", tuple(int(t) for t in self.eos_token_id))
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif isinstance(self.stop, (list, tuple)):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        eos = (self.eos_token_id,) if _is_int(self.eos_token_id) else self.eos_token_id
+        if not (isinstance(eos, (list, tuple)) and all(_is_int(t) for t in eos)):
+            raise ValueError(f"`eos_token_id` has to be a token id or a list of them, but is {self.eos_token_id!r}")
+        object.__setattr__(self, "eos_token_id", tuple(int(t) for t in eos))
         self._validate()
 
     def _validate(self) -> None:
@@ -97,6 +111,14 @@ class GenerationConfig:
             fail("top_p", "a float in (0, 1]")
         if not (_is_number(self.repetition_penalty) and self.repetition_penalty > 0):
             fail("repetition_penalty", "a float > 0")
+        if not (isinstance(self.stop, tuple) and all(isinstance(t, str) and t for t in self.stop)):
+            fail("stop", "a non-empty string or a list of them")
+        if self.max_time is not None and not (_is_number(self.max_time) and self.max_time > 0):
+            fail("max_time", "a number of seconds > 0, or None")
+        if self.max_input_tokens is not None and not (_is_int(self.max_input_tokens) and self.max_input_tokens >= 1):
+            fail("max_input_tokens", "an integer >= 1, or None")
+        if not isinstance(self.truncate_input, bool):
+            fail("truncate_input", "True or False")
         if self.seed is not None and not _is_int(self.seed):
             fail("seed", "an integer or None")
         for name in ("return_logits", "return_scores"):
@@ -105,8 +127,8 @@ class GenerationConfig:
         for name in ("decoder_start_token_id", "pad_token_id"):
             if not _is_int(getattr(self, name)):
                 fail(name, "an integer")
-        if not self.eos_token_id:
-            fail("eos_token_id", "an integer or a non-empty list of integers")
+        if not self.eos_token_id or not all(t >= 0 for t in self.eos_token_id):
+            fail("eos_token_id", "a token id or a non-empty list of token ids")
 
     @property
     def new_token_budget(self) -> int:
@@ -151,9 +173,12 @@ class GenerationConfig:
         """transformers' defaults overridden by the model's generation_config.json (unknown fields ignored,
         unsupported ones reported once on stderr)."""
         path = Path(folder) / "generation_config.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        known = {f.name for f in dataclasses.fields(cls)} - {"seed", "return_logits", "return_scores"}
+        data = read_json_file(folder, path.name)
+        known = {f.name for f in dataclasses.fields(cls)} - {"seed", "return_logits", "return_scores", "stop",
+                                                             "max_input_tokens", "truncate_input"}
         values = {k: v for k, v in data.items() if k in known and v is not None}
+        if data.get("stop_strings"):  # transformers' name for `stop`
+            values["stop"] = data["stop_strings"]
         values.update({k: v for k, v in special_ids.items() if k not in values and v is not None})
         unsupported = sorted(k for k, v in data.items() if k in _UNSUPPORTED_FIELDS and v not in (None, False, [], {}))
         if unsupported:

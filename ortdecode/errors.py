@@ -20,3 +20,12 @@ class ProviderError(OrtDecodeError, RuntimeError):
 
 class NonFiniteLogitsError(OrtDecodeError, FloatingPointError):
     """A decoding step produced NaN or +inf logits or scores."""
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `generate`: a KeyboardInterrupt that carries what was generated so far in `result`
+    (finish reason "interrupted" for the sequences that were still running)."""
+
+    def __init__(self, result):
+        super().__init__("generation interrupted")
+        self.result = result

@@ -4,6 +4,9 @@ The decoding loop is `Generator._decode`; read it first. Per step: the runner re
 the last position, the search turns them into scores (log-probs for beam search), the processors
 apply transformers' rules, the search picks the next tokens and, for beam search, says which cache
 rows survive; the runner reorders its cache on the device.
+
+A `Generator` holds no per-call state: one instance serves many threads at once (ONNX Runtime's
+sessions are thread-safe, each call has its own cache, search and random generator).
 """
 
 from __future__ import annotations
@@ -11,19 +14,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import warnings
+
 import numpy as np
 
 from .config import GenerationConfig
-from .errors import ModelFolderError
-from .manifest import Manifest, read_manifest
+from .errors import GenerationInterrupted, ModelFolderError
+from .manifest import Manifest, read_manifest, verify_checksums
 from .numerics import check_scores, log_softmax
 from .processors import LogitsProcessor, apply_processors, build_processors
 from .results import GenerationResult, ScoreResult
-from .runner import Runner
+from .runner import Runner, graph_roles, uses_merged_decoder
 from .search import BeamSearch, TokenSearch, make_search
+from .stopping import INTERRUPTED, StopRules
 from .tokenizer import TextTokenizer
 
 DEFAULT_MODEL_NAME = "t5-numbers"
+# Input limit when the tokenizer names none (T5's tokenizers say 512). Inputs are bounded by default:
+# encoder memory and time grow with the square of the input length.
+DEFAULT_MAX_INPUT_TOKENS = 512
 
 
 def default_model_path() -> Path:
@@ -37,22 +46,28 @@ def default_model_path() -> Path:
 
 
 def load(path: str | Path | None = None, provider: str = "auto", *, threads: int | None = None,
-         decoder_layout: str = "auto", session_options=None) -> "Generator":
+         decoder_layout: str = "auto", session_options=None, verify: bool = True) -> "Generator":
     """Load an export folder made by `ortdecode export` (None: the embedded default model).
 
     provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
     threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores).
-    decoder_layout: "auto" (split pair when exported, else merged), "split" or "merged".
+    decoder_layout: "auto" (merged decoder when exported, else the split pair), "split" or "merged".
     session_options: an onnxruntime.SessionOptions to use as-is (profiling, custom settings).
+    verify: compare the sha256 of the graphs it loads with the manifest first (about 1 s per GB).
+
+    Everything is checked here, not at the first step: the manifest, the files it names (inside the
+    folder, present, unchanged), each graph's inputs, outputs and KV shapes, the tokenizer.
     """
     folder = Path(path) if path is not None else default_model_path()
     manifest = read_manifest(folder)
-    runner = Runner(folder, manifest, provider=provider, threads=threads, decoder_layout=decoder_layout,
-                    session_options=session_options)
+    if verify:
+        verify_checksums(folder, manifest, roles=graph_roles(uses_merged_decoder(folder, manifest, decoder_layout)))
     tokenizer = TextTokenizer(folder, pad_token_id=manifest.pad_token_id)
     defaults = GenerationConfig.from_model_folder(
         folder, decoder_start_token_id=manifest.decoder_start_token_id,
         eos_token_id=list(manifest.eos_token_id), pad_token_id=manifest.pad_token_id)
+    runner = Runner(folder, manifest, provider=provider, threads=threads, decoder_layout=decoder_layout,
+                    session_options=session_options)
     return Generator(runner, tokenizer, defaults, manifest, folder)
 
 
@@ -64,6 +79,8 @@ class Generator:
         self.defaults = defaults  # transformers' defaults + the model's generation_config.json
         self.manifest = manifest
         self.folder = folder
+        limit = tokenizer.model_max_length
+        self.max_input_tokens = limit if isinstance(limit, int) and 0 < limit <= 1_000_000 else DEFAULT_MAX_INPUT_TOKENS
 
     @property
     def provider(self) -> str:
@@ -74,21 +91,32 @@ class Generator:
                  logits_processors: Sequence[LogitsProcessor] = (), **options) -> GenerationResult:
         """Generate from texts, or from token ids (int[batch, source_len], right-padded).
 
-        options: transformers' `generate` names (max_new_tokens, do_sample, num_beams, top_p, ...), plus
-        seed, return_logits and return_scores. logits_processors: callables (input_ids, scores) -> scores,
-        applied after the built-in processors and before the sampling warpers, as in transformers."""
-        config = self.defaults.for_call(**options)
-        input_ids, attention_mask = self._inputs(texts, input_ids, attention_mask)
+        options: transformers' `generate` names (max_new_tokens, do_sample, num_beams, top_p, max_time, ...),
+        plus stop (strings), seed, return_logits, return_scores, max_input_tokens and truncate_input.
+        logits_processors: callables (input_ids, scores) -> scores, applied after the built-in processors
+        and before the sampling warpers, as in transformers.
+
+        Ctrl-C (KeyboardInterrupt) during the loop raises `GenerationInterrupted`, a KeyboardInterrupt
+        that carries the result so far in `.result`."""
+        config = self._config(options)
+        input_ids, attention_mask = self._inputs(texts, input_ids, attention_mask, config)
         logits_log: list[np.ndarray] | None = [] if config.return_logits else None
         scores_log: list[np.ndarray] | None = [] if config.return_scores else None
-        search = None
-        for search in self._decode(input_ids, attention_mask, config, logits_processors, logits_log, scores_log):
-            pass
+        search = self._search(config, len(input_ids))
+        try:
+            for _ in self._decode(search, input_ids, attention_mask, config, logits_processors, logits_log, scores_log):
+                pass
+        except KeyboardInterrupt:
+            search.stop_running(INTERRUPTED)
+            raise GenerationInterrupted(self._result(search, logits_log, scores_log)) from None
+        return self._result(search, logits_log, scores_log)
+
+    def _result(self, search, logits_log, scores_log) -> GenerationResult:
         out = search.finalize()
         return GenerationResult(
             texts=self.tokenizer.decode_batch(out.sequences),
             sequences=out.sequences,
-            finish_reasons=["eos" if done else "length" for done in out.finished],
+            finish_reasons=out.finish_reasons,
             sequences_scores=out.sequences_scores,
             logits=logits_log,
             scores=scores_log,
@@ -96,15 +124,16 @@ class Generator:
 
     def stream(self, text: str, *, logits_processors: Sequence[LogitsProcessor] = (), **options) -> Iterator[str]:
         """Yield the text of one generation piece by piece, as tokens are decoded (greedy or sampling)."""
-        config = self.defaults.for_call(**options)
+        config = self._config(options)
         if config.is_beam_search or config.num_return_sequences != 1:
             raise ValueError("`stream` decodes one sequence: `num_beams` and `num_return_sequences` have to be 1, "
                              f"but are {config.num_beams} and {config.num_return_sequences}")
         if not isinstance(text, str):
             raise ValueError(f"`stream` takes one text (str), but got {type(text).__name__}")
-        input_ids, attention_mask = self.tokenizer.encode([text])
+        input_ids, attention_mask = self._inputs(text, None, None, config)
         emitted = ""
-        for search in self._decode(input_ids, attention_mask, config, logits_processors, None, None):
+        search = self._search(config, 1)
+        for _ in self._decode(search, input_ids, attention_mask, config, logits_processors, None, None):
             decoded = self.tokenizer.decode(search.input_ids[0])
             # Hold back an incomplete multi-byte character, and text a later token could still rewrite.
             if decoded.endswith("\ufffd") or not decoded.startswith(emitted):
@@ -122,7 +151,9 @@ class Generator:
         if not sources or len(sources) != len(targets):
             raise ValueError(f"`score` needs as many targets as sources (at least one), got "
                              f"{len(sources)} sources and {len(targets)} targets")
-        input_ids, attention_mask = self.tokenizer.encode(sources)
+        limits = self._config({})
+        input_ids, attention_mask = self._inputs(sources, None, None, limits)
+        check_texts(targets, "targets")
         labels = [self.tokenizer.encode_one(t) for t in targets]
         longest = max(len(ids) for ids in labels)
         pad, start = self.manifest.pad_token_id, self.manifest.decoder_start_token_id
@@ -139,13 +170,11 @@ class Generator:
         return ScoreResult(tokens=labels, token_logprobs=token_logprobs, logits=kept_logits)
 
     # ------------------------------------------------------------------ the loop
-    def _decode(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
-                user_processors: Sequence[LogitsProcessor], logits_log: list | None,
+    def _decode(self, search: TokenSearch | BeamSearch, input_ids: np.ndarray, attention_mask: np.ndarray,
+                config: GenerationConfig, user_processors: Sequence[LogitsProcessor], logits_log: list | None,
                 scores_log: list | None) -> Iterator[TokenSearch | BeamSearch]:
         """Encode once, then one decoder step per new token until every row is done. Yields the search
-        after each step (streaming reads it); the caller finalizes it."""
-        rng = np.random.default_rng(config.seed)
-        search = make_search(config, num_inputs=len(input_ids), rng=rng)
+        after each step (streaming reads it); the caller made the search and finalizes it."""
         # Beams (or samples) of one input are adjacent rows.
         state = self.runner.encode(input_ids, attention_mask, copies=config.rows_per_input)
         processors = build_processors(config, prompt_length=1, user_processors=user_processors)
@@ -166,15 +195,30 @@ class Generator:
                 self.runner.reorder_cache(state, kept_rows)
             yield search
 
+    def _config(self, options: dict) -> GenerationConfig:
+        config = self.defaults.for_call(**options)
+        vocab = self.manifest.vocab_size
+        if not all(0 <= t < vocab for t in config.eos_token_id):
+            raise ValueError(f"`eos_token_id` has to hold token ids in [0, {vocab}), but is {list(config.eos_token_id)}")
+        if config.max_input_tokens is None:
+            config = config.replace(max_input_tokens=self.max_input_tokens)
+        return config
+
+    def _search(self, config: GenerationConfig, num_inputs: int) -> TokenSearch | BeamSearch:
+        rules = StopRules(config, model_eos=self.manifest.eos_token_id, decode=self.tokenizer.decode)
+        return make_search(config, num_inputs=num_inputs, rng=np.random.default_rng(config.seed), rules=rules)
+
     # ------------------------------------------------------------------ inputs
-    def _inputs(self, texts, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    def _inputs(self, texts, input_ids, attention_mask, config: GenerationConfig) -> tuple[np.ndarray, np.ndarray]:
         if texts is not None:
             if input_ids is not None or attention_mask is not None:
                 raise ValueError("pass either `texts` or `input_ids`/`attention_mask`, not both")
-            texts = [texts] if isinstance(texts, str) else list(texts)
-            if not texts or not all(isinstance(t, str) for t in texts):
-                raise ValueError("`texts` has to be a string or a non-empty list of strings")
-            return self.tokenizer.encode(texts)
+            texts = [texts] if isinstance(texts, str) else texts
+            if not isinstance(texts, (list, tuple)):
+                raise ValueError(f"`texts` has to be a string or a list of strings, but is a {type(texts).__name__}")
+            check_texts(texts, "texts")
+            input_ids, attention_mask = self.tokenizer.encode(texts)
+            return self._limit_length(input_ids, attention_mask, config, ends_with_eos=True)
         if input_ids is None:
             raise ValueError("`generate` needs `texts` or `input_ids`")
         input_ids = np.asarray(input_ids)
@@ -192,4 +236,45 @@ class Generator:
         attention_mask = np.asarray(attention_mask)
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"`attention_mask` has shape {attention_mask.shape}, but `input_ids` has {input_ids.shape}")
-        return input_ids.astype(np.int64), attention_mask.astype(np.int64)
+        if not np.isin(attention_mask, (0, 1)).all():
+            raise ValueError("`attention_mask` has to hold only 0 (padding) and 1 (token)")
+        empty_rows = np.flatnonzero(attention_mask.sum(axis=1) == 0)
+        if len(empty_rows):
+            raise ValueError(f"`attention_mask` masks every token of rows {empty_rows[:8].tolist()}: each input "
+                             "needs at least one token")
+        return self._limit_length(input_ids.astype(np.int64), attention_mask.astype(np.int64), config,
+                                  ends_with_eos=False)
+
+    def _limit_length(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
+                      ends_with_eos: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Refuse inputs longer than `max_input_tokens`, or cut them (keeping the EOS the tokenizer
+        appended to texts, as transformers' truncation does) with a warning."""
+        limit = config.max_input_tokens
+        lengths = attention_mask.sum(axis=1)
+        too_long = np.flatnonzero(lengths > limit)
+        if not len(too_long):
+            return input_ids, attention_mask
+        if not config.truncate_input:
+            raise ValueError(f"input {int(too_long[0])} has {int(lengths[too_long[0]])} tokens, more than "
+                             f"`max_input_tokens` ({limit}); raise the limit or pass truncate_input=True to cut it")
+        warnings.warn(f"{len(too_long)} input(s) longer than max_input_tokens={limit} tokens were truncated",
+                      stacklevel=3)
+        ids, mask = input_ids[:, :limit].copy(), attention_mask[:, :limit].copy()
+        if ends_with_eos:
+            ids[too_long, limit - 1] = input_ids[too_long, lengths[too_long] - 1]
+        return ids, mask
+
+
+def check_texts(texts: Sequence, name: str) -> None:
+    if not texts:
+        raise ValueError(f"`{name}` is empty: pass at least one text")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"`{name}[{index}]` has to be a string, but is a {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"`{name}[{index}]` is empty or whitespace only")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"`{name}[{index}]` is not valid Unicode (a lone surrogate at position {exc.start}, "
+                             "e.g. from bytes that were not UTF-8)") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import ModelFolderError
+from .model_files import external_data_files, file_in_folder, read_json_file
 
 MANIFEST_FILE = "ortdecode.json"
 FORMAT = "ortdecode-export"
@@ -69,6 +70,7 @@ class GraphFile:
     sha256: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    external_data: dict[str, str] = field(default_factory=dict)  # weights file the graph names -> sha256
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,11 @@ class Manifest:
     def has_merged_decoder(self) -> bool:
         return DECODER_MERGED in self.graphs
 
+    @property
+    def cache_names(self) -> set[str]:
+        """Every graph name of a KV tensor (shaped [rows, num_heads, length, d_kv])."""
+        return {name for layer in self.layers for name in dataclasses.astuple(layer)}
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
 
@@ -118,7 +125,8 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":
         data = dict(data)
-        data["graphs"] = {role: GraphFile(**{**g, "inputs": tuple(g["inputs"]), "outputs": tuple(g["outputs"])})
+        data["graphs"] = {role: GraphFile(**{**g, "inputs": tuple(g["inputs"]), "outputs": tuple(g["outputs"]),
+                                             "external_data": dict(g.get("external_data", {}))})
                           for role, g in data["graphs"].items()}
         data["names"] = TensorNames(**data["names"])
         data["layers"] = tuple(LayerCacheNames(**layer) for layer in data["layers"])
@@ -134,14 +142,11 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise ModelFolderError(f"model folder {folder} does not exist")
     if not folder.is_dir():
         raise ModelFolderError(f"model path {folder} is not a folder")
-    path = folder / MANIFEST_FILE
-    if not path.exists():
+    path = file_in_folder(folder, MANIFEST_FILE, "manifest")
+    if not path.is_file():
         raise ModelFolderError(
             f"{folder} is not an ortdecode export: {MANIFEST_FILE} is missing (make one with `ortdecode export`)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFolderError(f"{path} is not valid JSON: {exc}") from None
+    data = read_json_file(folder, MANIFEST_FILE)
     if data.get("format") != FORMAT:
         raise ModelFolderError(f"{path}: format is {data.get('format')!r}, expected {FORMAT!r}")
     if data.get("format_version") != FORMAT_VERSION:
@@ -150,17 +155,52 @@ def read_manifest(folder: str | Path) -> Manifest:
             f"{FORMAT_VERSION}); export the model again")
     try:
         manifest = Manifest.from_dict(data)
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ModelFolderError(f"{path} is incomplete or malformed: {exc}") from None
     if ENCODER not in manifest.graphs or CACHE_REORDER not in manifest.graphs:
         raise ModelFolderError(f"{path} lists no {ENCODER!r} or {CACHE_REORDER!r} graph")
     if not (manifest.has_split_decoder or manifest.has_merged_decoder):
         raise ModelFolderError(
             f"{path} lists neither the decoder pair ({DECODER}, {DECODER_WITH_PAST}) nor {DECODER_MERGED!r}")
-    missing = [g.file for g in manifest.graphs.values() if not (folder / g.file).exists()]
+    _check_shape_fields(path, manifest)
+    for role, graph in manifest.graphs.items():
+        file_in_folder(folder, graph.file, f"graph file of {role!r} in {MANIFEST_FILE}")
+        for name in graph.external_data:
+            file_in_folder(folder, name, f"external data of {graph.file} in {MANIFEST_FILE}")
+    missing = [g.file for g in manifest.graphs.values() if not (folder / g.file).is_file()]
     if missing:
         raise ModelFolderError(f"{folder}: graph files listed in {MANIFEST_FILE} are missing: {', '.join(missing)}")
     return manifest
+
+
+def _check_shape_fields(path: Path, manifest: Manifest) -> None:
+    def positive(name):
+        value = getattr(manifest, name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ModelFolderError(f"{path}: `{name}` has to be a positive integer, but is {value!r}")
+
+    for name in ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model", "vocab_size"):
+        positive(name)
+    if len(manifest.layers) != manifest.num_decoder_layers:
+        raise ModelFolderError(f"{path}: `num_decoder_layers` is {manifest.num_decoder_layers}, but `layers` names "
+                               f"the cache tensors of {len(manifest.layers)} layers")
+    if manifest.dtype not in ("float32", "float16"):
+        raise ModelFolderError(f"{path}: `dtype` has to be 'float32' or 'float16', but is {manifest.dtype!r}")
+    ids = [manifest.pad_token_id, manifest.decoder_start_token_id, *manifest.eos_token_id]
+    if not all(isinstance(i, int) and 0 <= i < manifest.vocab_size for i in ids):
+        raise ModelFolderError(f"{path}: special token ids {ids} have to lie in [0, vocab_size={manifest.vocab_size})")
+
+
+def external_data_of(folder: str | Path, graph_file: str) -> dict[str, Path]:
+    """The external-data files one graph reads (location as written -> path), each checked to lie inside
+    the folder and to exist."""
+    folder = Path(folder)
+    paths = {name: file_in_folder(folder, name, f"external data named by {graph_file}")
+             for name in external_data_files(folder / graph_file)}
+    missing = [name for name, path in paths.items() if not path.is_file()]
+    if missing:
+        raise ModelFolderError(f"{folder}: {graph_file} names external data that is missing: {', '.join(missing)}")
+    return paths
 
 
 def sha256_of(path: str | Path, chunk_size: int = 1 << 22) -> str:
@@ -171,21 +211,56 @@ def sha256_of(path: str | Path, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def verify_checksums(folder: str | Path, manifest: Manifest | None = None) -> None:
-    """Hash every graph file (and its external-data file, if any) and compare with the manifest."""
+def verify_checksums(folder: str | Path, manifest: Manifest | None = None, roles: Iterable[str] | None = None) -> None:
+    """Hash the graph files of `roles` (default: all) and their external data; compare with the manifest."""
     folder = Path(folder)
     manifest = manifest or read_manifest(folder)
-    bad = [g.file for g in manifest.graphs.values() if sha256_of(folder / g.file) != g.sha256]
+    bad = []
+    for role in (roles if roles is not None else manifest.graphs):
+        graph = manifest.graphs[role]
+        if sha256_of(folder / graph.file) != graph.sha256:
+            bad.append(graph.file)
+            continue
+        named = external_data_of(folder, graph.file)
+        if set(named) != set(graph.external_data):
+            raise ModelFolderError(f"{folder}: {graph.file} names external data {sorted(named) or 'none'}, but "
+                                   f"{MANIFEST_FILE} lists {sorted(graph.external_data) or 'none'}")
+        bad += [name for name, path in named.items() if sha256_of(path) != graph.external_data[name]]
     if bad:
-        raise ModelFolderError(f"{folder}: sha256 of {', '.join(bad)} does not match {MANIFEST_FILE}")
+        raise ModelFolderError(f"{folder}: sha256 of {', '.join(bad)} does not match {MANIFEST_FILE} "
+                               "(a changed, truncated or corrupt file)")
 
 
-def check_session_names(role: str, graph: GraphFile, session_inputs: Iterable[str],
-                        session_outputs: Iterable[str], required_inputs: Iterable[str],
-                        required_outputs: Iterable[str]) -> None:
-    """Compare the names the engine will bind with what the loaded graph really has."""
-    have_in, have_out = set(session_inputs), set(session_outputs)
+_ELEMENT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+
+
+def check_session(manifest: Manifest, role: str, inputs: Iterable, outputs: Iterable,
+                  required_inputs: Iterable[str], required_outputs: Iterable[str]) -> None:
+    """Compare a loaded graph (ONNX Runtime's NodeArg lists) with the manifest: the names the engine binds,
+    the lists the manifest recorded, and the KV and logits shapes and element types."""
+    graph = manifest.graphs[role]
+    where = f"graph {graph.file} ({role})"
+    have_in, have_out = {a.name: a for a in inputs}, {a.name: a for a in outputs}
     missing = [f"input {n}" for n in required_inputs if n not in have_in]
     missing += [f"output {n}" for n in required_outputs if n not in have_out]
     if missing:
-        raise ModelFolderError(f"graph {graph.file} ({role}) lacks what the manifest names: {', '.join(missing)}")
+        raise ModelFolderError(f"{where} lacks what the manifest names: {', '.join(missing)}")
+    unbound = sorted(set(have_in) - set(required_inputs))
+    if unbound:
+        raise ModelFolderError(f"{where} has inputs the manifest does not name: {', '.join(unbound)} "
+                               f"(the manifest describes {manifest.num_decoder_layers} decoder layers)")
+    if set(have_in) != set(graph.inputs) or set(have_out) != set(graph.outputs):
+        raise ModelFolderError(f"{where}: its inputs/outputs differ from those {MANIFEST_FILE} lists for it")
+    element_type = _ELEMENT_TYPES[manifest.dtype]
+    for name in manifest.cache_names & (set(have_in) | set(have_out)):
+        arg = have_in.get(name) or have_out[name]
+        expected = {1: manifest.num_heads, 3: manifest.d_kv}
+        wrong = [f"dim {axis} is {arg.shape[axis]}, not {size}" for axis, size in expected.items()
+                 if len(arg.shape) == 4 and isinstance(arg.shape[axis], int) and arg.shape[axis] != size]
+        if len(arg.shape) != 4 or wrong or arg.type != element_type:
+            raise ModelFolderError(f"{where}: cache tensor {name} is {arg.type}{list(arg.shape)}, but the manifest "
+                                   f"says {element_type}[rows, {manifest.num_heads}, length, {manifest.d_kv}]")
+    logits = have_out.get(manifest.names.logits)
+    if logits is not None and isinstance(logits.shape[-1], int) and logits.shape[-1] != manifest.vocab_size:
+        raise ModelFolderError(f"{where}: logits have {logits.shape[-1]} entries, but the manifest says "
+                               f"vocab_size {manifest.vocab_size}")

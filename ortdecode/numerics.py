@@ -14,8 +14,38 @@ from .errors import NonFiniteLogitsError
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
     """log(softmax(x)) in x's dtype: x - max - log(sum(exp(x - max))). Shapes: [..., vocab]."""
-    shifted = x - x.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):  # -3e38 - 3e38 = -inf: probability 0, which it is
+        shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax_weights(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """exp(scores - row max) in the scores' dtype, and their row sums in float64: softmax = weights / sums.
+    Entries at -inf get weight 0."""
+    with np.errstate(over="ignore"):  # differences below -3.4e38 become -inf: weight 0
+        weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights, weights.sum(axis=-1, dtype=np.float64)
+
+
+def without_overflow(scores: np.ndarray, compute) -> np.ndarray:
+    """compute(scores, rows) -> new scores, computed in the scores' dtype; where that overflows (a row with
+    finite scores gets a +inf or an all -inf result, e.g. 3e38 / temperature 0.5 in float32), the row is
+    computed again in float64 and shifted so that its largest score is 0 before going back to the dtype.
+    The shift leaves softmax, top-k and top-p unchanged. rows: the row indices (or a slice) being computed."""
+    with np.errstate(over="ignore"):  # detected below, and done again
+        out = compute(scores, slice(None))
+    out_max = out.max(axis=-1)
+    if np.isfinite(out_max).all():  # the common case, decided by one reduction
+        return out
+    bad = ~np.isfinite(out_max) & np.isfinite(scores.max(axis=-1))
+    if not bad.any():
+        return out
+    rows = np.flatnonzero(bad)
+    wide = compute(scores[rows].astype(np.float64), rows)
+    finite_max = np.where(np.isfinite(wide), wide, -np.inf).max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):  # scores far below the row's best become -inf: probability 0
+        out[rows] = (wide - finite_max).astype(out.dtype)
+    return out
 
 
 _BLOCK = 256

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .config import GenerationConfig
-from .numerics import first_crossing
+from .numerics import first_crossing, without_overflow
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -33,11 +33,15 @@ class RepetitionPenalty:
         self.penalty = float(penalty)
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        seen = np.take_along_axis(scores, input_ids, axis=1)
-        penalized = np.where(seen < 0, seen * self.penalty, seen / self.penalty).astype(scores.dtype, copy=False)
-        out = scores.copy()
-        np.put_along_axis(out, input_ids, penalized, axis=1)
-        return out
+        def penalize(values, rows):
+            ids = input_ids[rows]
+            seen = np.take_along_axis(values, ids, axis=1)
+            penalized = np.where(seen < 0, seen * self.penalty, seen / self.penalty).astype(values.dtype, copy=False)
+            out = values.copy()
+            np.put_along_axis(out, ids, penalized, axis=1)
+            return out
+
+        return without_overflow(scores, penalize)
 
 
 class NoRepeatNGram:
@@ -104,7 +108,7 @@ class Temperature:
         self.temperature = float(temperature)
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        return (scores / self.temperature).astype(scores.dtype, copy=False)
+        return without_overflow(scores, lambda values, rows: (values / self.temperature).astype(values.dtype, copy=False))
 
 
 class TopK:
@@ -142,7 +146,10 @@ class TopP:
         if self.top_p >= 1.0:  # keep everything, even tokens whose probability underflows to 0
             return scores.copy()
         descending = -np.sort(-scores, axis=-1)  # contiguous, unlike a reversed view
-        weights = np.exp(descending - descending[:, :1])
+        # A row masked entirely (-inf - -inf = NaN) stays masked: NaN thresholds compare false below.
+        # Differences below -3.4e38 become -inf, weight 0.
+        with np.errstate(invalid="ignore", over="ignore"):
+            weights = np.exp(descending - descending[:, :1])
         total = weights.sum(axis=-1, dtype=np.float64)
         # kept = 1 + index of the first token at which the cumulative mass reaches top_p; a crossing
         # "> target" at the float64 value just below top_p * total is the same as ">= top_p * total".

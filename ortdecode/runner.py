@@ -48,6 +48,26 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def uses_merged_decoder(folder: str | Path, manifest: mf.Manifest, decoder_layout: str) -> bool:
+    """Which decoder graphs to load: the merged one, or the split pair."""
+    if decoder_layout not in ("auto", "split", "merged"):
+        raise ValueError(f"`decoder_layout` has to be 'auto', 'split' or 'merged', but is {decoder_layout!r}")
+    if decoder_layout == "split" and not manifest.has_split_decoder:
+        raise ModelFolderError(f"{folder}: decoder_layout='split' but the export has no {mf.DECODER_WITH_PAST} graph")
+    if decoder_layout == "merged" and not manifest.has_merged_decoder:
+        raise ModelFolderError(f"{folder}: decoder_layout='merged' but the export has no {mf.DECODER_MERGED} graph")
+    # Merged when exported: one copy of the decoder weights, and 2-4% faster per greedy generation than
+    # the split pair on t5-small, CPU (measured in one run, both orders). Exports default to the split
+    # pair because int8 quantization and the CUDA fusions rewrite those graphs.
+    return decoder_layout == "merged" or (decoder_layout == "auto" and manifest.has_merged_decoder)
+
+
+def graph_roles(uses_merged: bool) -> list[str]:
+    """The graphs a runner loads (the export may hold more)."""
+    decoders = [mf.DECODER_MERGED] if uses_merged else [mf.DECODER, mf.DECODER_WITH_PAST]
+    return [mf.ENCODER, *decoders, mf.CACHE_REORDER]
+
+
 @dataclass
 class DecoderState:
     """What one generate call keeps between decoder steps. Tensors are `OrtValue`s on the runner's
@@ -73,16 +93,7 @@ class Runner:
         self.manifest = manifest
         self.names = manifest.names
         self.float_type = _FLOAT_TYPES[manifest.dtype]
-        if decoder_layout not in ("auto", "split", "merged"):
-            raise ValueError(f"`decoder_layout` has to be 'auto', 'split' or 'merged', but is {decoder_layout!r}")
-        if decoder_layout == "split" and not manifest.has_split_decoder:
-            raise ModelFolderError(f"{folder}: decoder_layout='split' but the export has no {mf.DECODER_WITH_PAST} graph")
-        if decoder_layout == "merged" and not manifest.has_merged_decoder:
-            raise ModelFolderError(f"{folder}: decoder_layout='merged' but the export has no {mf.DECODER_MERGED} graph")
-        # Merged when exported: one copy of the decoder weights, and 2-4% faster per greedy generation than
-        # the split pair on t5-small, CPU (measured in one run, both orders). Exports default to the split
-        # pair because int8 quantization and the CUDA fusions rewrite those graphs.
-        self.uses_merged = decoder_layout == "merged" or (decoder_layout == "auto" and manifest.has_merged_decoder)
+        self.uses_merged = uses_merged_decoder(folder, manifest, decoder_layout)
 
         self.options = session_options or ort.SessionOptions()
         if session_options is None:
@@ -159,6 +170,7 @@ class Runner:
                  options: ort.SessionOptions | None = None) -> ort.InferenceSession:
         graph = self.manifest.graphs[role]
         path = self.folder / graph.file
+        mf.external_data_of(self.folder, graph.file)  # refuse weights outside the folder before ONNX Runtime reads them
         try:
             return ort.InferenceSession(str(path), options or self.options,
                                         providers=self._providers_for(provider or self.provider))
@@ -190,8 +202,7 @@ class Runner:
                            [n.decoder_input_ids, n.decoder_encoder_attention_mask] + past_self + past_cross,
                            [n.logits] + present_self))
         for role, session, inputs, outputs in checks:
-            mf.check_session_names(role, self.manifest.graphs[role], [i.name for i in session.get_inputs()],
-                                   [o.name for o in session.get_outputs()], inputs, outputs)
+            mf.check_session(self.manifest, role, session.get_inputs(), session.get_outputs(), inputs, outputs)
 
     @property
     def sessions(self) -> list[ort.InferenceSession]:

@@ -7,7 +7,11 @@ Both classes have the same shape (whisper's `TokenDecoder`):
 - ``advance(scores)``: choose the next tokens; returns the cache rows to keep (beam search) or None;
 - ``next_tokens``: int64[rows], what the model is fed at the next step;
 - ``done``: whether every row has finished;
-- ``finalize()``: the sequences transformers' `generate` would return, and their beam scores.
+- ``stop_running(reason)``: end every unfinished row now (an interrupt), keeping what it has;
+- ``finalize()``: the sequences transformers' `generate` would return, their beam scores, and why
+  each one ended (`stopping.REASONS`).
+
+Whether a token ends a sequence (EOS, extra EOS ids, stop strings, time) is `StopRules`' business.
 
 Rows are laid out input-major: row = input_index * rows_per_input + beam (or sample) index.
 """
@@ -19,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import GenerationConfig
-from .numerics import first_crossing, log_softmax
+from .numerics import first_crossing, log_softmax, softmax_weights
+from .stopping import LENGTH, RUNNING, TIME, StopRules, reason_names
 
 # transformers marks impossible beams with this score rather than -inf, so sums stay finite.
 _IMPOSSIBLE = np.float32(-1.0e9)
@@ -28,7 +33,7 @@ _IMPOSSIBLE = np.float32(-1.0e9)
 @dataclass
 class SearchOutput:
     sequences: np.ndarray  # int64[inputs * num_return_sequences, length], decoder start token first
-    finished: np.ndarray  # bool[same rows]: ended with EOS (else stopped at the length limit)
+    finish_reasons: list[str]  # one per row: "eos", "stop", "length", "time" or "interrupted"
     sequences_scores: np.ndarray | None  # float32[rows] for beam search
 
 
@@ -37,8 +42,7 @@ def sample_rows(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     The weights exp(score - max) are computed in the scores' dtype; the sums that decide the draw in
     float64. Tokens at -inf have weight 0 and are never drawn."""
-    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    total = weights.sum(axis=-1, dtype=np.float64)
+    weights, total = softmax_weights(scores)
     return first_crossing(weights, rng.random(len(scores)) * total).astype(np.int64)
 
 
@@ -64,15 +68,15 @@ def _topk_indices(values: np.ndarray, k: int) -> np.ndarray:
 class TokenSearch:
     """Greedy decoding (argmax) or multinomial sampling, one token per row per step.
 
-    As in transformers, a row that produced EOS keeps running and is fed padding until all rows finish."""
+    As in transformers, a row that ended keeps running and is fed padding until all rows finish."""
 
-    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator):
+    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):
         self.config = config
         self.rng = rng
+        self.rules = rules
         rows = num_inputs * config.rows_per_input
         self.input_ids = np.full((rows, 1), config.decoder_start_token_id, dtype=np.int64)
-        self.unfinished = np.ones(rows, dtype=bool)
-        self._eos = np.asarray(config.eos_token_id, dtype=np.int64)
+        self.reasons = np.full(rows, RUNNING, dtype=np.int8)
 
     def to_scores(self, logits: np.ndarray) -> np.ndarray:
         return logits
@@ -82,10 +86,19 @@ class TokenSearch:
             tokens = sample_rows(scores, self.rng)
         else:
             tokens = np.argmax(scores, axis=-1).astype(np.int64)
-        tokens = np.where(self.unfinished, tokens, self.config.pad_token_id)
+        running = self.reasons == RUNNING
+        tokens = np.where(running, tokens, self.config.pad_token_id)
         self.input_ids = np.concatenate([self.input_ids, tokens[:, None]], axis=1)
-        self.unfinished &= ~np.isin(tokens, self._eos)
+        ended = self.rules.ended(self.input_ids, rows=running)
+        self.reasons = np.where(running, ended, self.reasons)
+        if self.input_ids.shape[1] - 1 >= self.config.new_token_budget:
+            self.stop_running(LENGTH)
+        elif self.rules.time_is_up():
+            self.stop_running(TIME)
         return None
+
+    def stop_running(self, reason: int) -> None:
+        self.reasons[self.reasons == RUNNING] = reason
 
     @property
     def next_tokens(self) -> np.ndarray:
@@ -93,10 +106,10 @@ class TokenSearch:
 
     @property
     def done(self) -> bool:
-        return not self.unfinished.any() or self.input_ids.shape[1] - 1 >= self.config.new_token_budget
+        return not (self.reasons == RUNNING).any()
 
     def finalize(self) -> SearchOutput:
-        return SearchOutput(sequences=self.input_ids, finished=~self.unfinished, sequences_scores=None)
+        return SearchOutput(sequences=self.input_ids, finish_reasons=reason_names(self.reasons), sequences_scores=None)
 
 
 class BeamSearch:
@@ -108,15 +121,15 @@ class BeamSearch:
     the best unfinished ones continue. `early_stopping` decides when an input needs no more steps.
     With ``do_sample`` the candidates are sampled without replacement instead (beam sampling)."""
 
-    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator):
+    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):
         self.config = config
         self.rng = rng
+        self.rules = rules
         self.batch = num_inputs
         self.beams = config.num_beams
         self.prompt_length = 1
         self.max_length = self.prompt_length + config.new_token_budget
         self.candidates = max(2, 1 + len(config.eos_token_id)) * self.beams
-        self._eos = np.asarray(config.eos_token_id, dtype=np.int64)
         # transformers fills unused positions with `pad_token_id or eos_token_id[0]`: a pad id of 0
         # counts as unset, so T5 outputs are filled with EOS (1). Kept for identical sequences.
         self.fill = config.pad_token_id or config.eos_token_id[0]
@@ -128,6 +141,7 @@ class BeamSearch:
         self.finished_seqs = self.running.copy()
         self.finished_scores = np.full((self.batch, self.beams), _IMPOSSIBLE, dtype=np.float32)
         self.finished_lengths = np.zeros((self.batch, self.beams), dtype=np.int64)
+        self.finished_reasons = np.full((self.batch, self.beams), RUNNING, dtype=np.int8)
         self.is_finished = np.zeros((self.batch, self.beams), dtype=bool)
         self.can_improve = np.ones((self.batch, 1), dtype=bool)
         self.cur_len = self.prompt_length
@@ -165,7 +179,8 @@ class BeamSearch:
         cand_token = picked % vocab
         cand_seqs = np.take_along_axis(self.running, cand_beam[:, :, None], axis=1)
         cand_seqs[:, :, self.cur_len] = cand_token
-        hits_stop = np.isin(cand_token, self._eos) | (self.cur_len + 1 >= self.max_length)
+        cand_reasons = self._candidate_reasons(cand_seqs)
+        hits_stop = cand_reasons != RUNNING
 
         # The best unfinished candidates continue.
         live_scores = cand_scores + hits_stop.astype(np.float32) * _IMPOSSIBLE
@@ -175,7 +190,7 @@ class BeamSearch:
         source_beam = np.take_along_axis(cand_beam, keep, axis=1)
         cache_rows = (source_beam + np.arange(B)[:, None] * K).reshape(-1)
 
-        self._update_finished(cand_seqs, cand_scores, hits_stop)
+        self._update_finished(cand_seqs, cand_scores, hits_stop, cand_reasons)
         self.cur_len += 1
         self._update_can_improve()
         improvement_possible = self.can_improve.any()
@@ -183,7 +198,17 @@ class BeamSearch:
         self._done = not (improvement_possible and open_beam and not hits_stop.all())
         return cache_rows
 
-    def _update_finished(self, cand_seqs, cand_scores, hits_stop) -> None:
+    def _candidate_reasons(self, cand_seqs: np.ndarray) -> np.ndarray:
+        """Why each candidate would end here (transformers applies its stopping criteria to candidates)."""
+        B, C = cand_seqs.shape[:2]
+        reasons = self.rules.ended(cand_seqs[:, :, :self.cur_len + 1].reshape(B * C, -1)).reshape(B, C)
+        if self.cur_len + 1 >= self.max_length:
+            reasons[reasons == RUNNING] = LENGTH
+        elif self.rules.time_is_up():
+            reasons[reasons == RUNNING] = TIME
+        return reasons
+
+    def _update_finished(self, cand_seqs, cand_scores, hits_stop, cand_reasons) -> None:
         cfg, K = self.config, self.beams
         among_top = np.zeros(self.candidates, dtype=bool)
         among_top[:K] = True
@@ -194,17 +219,31 @@ class BeamSearch:
         scores = scores + full.astype(np.float32) * _IMPOSSIBLE
         scores = scores + (~self.can_improve).astype(np.float32) * _IMPOSSIBLE
         scores = scores + (~just_finished).astype(np.float32) * _IMPOSSIBLE
+        self._merge_finished(cand_seqs, scores, self.cur_len + 1, just_finished, cand_reasons)
 
-        merged_seqs = np.concatenate([self.finished_seqs, cand_seqs], axis=1)
+    def _merge_finished(self, seqs, scores, length, just_finished, reasons) -> None:
+        """Keep the best `num_beams` of the finished hypotheses and the new ones."""
+        merged_seqs = np.concatenate([self.finished_seqs, seqs], axis=1)
         merged_scores = np.concatenate([self.finished_scores, scores], axis=1)
-        merged_lengths = np.concatenate(
-            [self.finished_lengths, np.full(cand_scores.shape, self.cur_len + 1, dtype=np.int64)], axis=1)
+        merged_lengths = np.concatenate([self.finished_lengths, np.full(scores.shape, length, dtype=np.int64)], axis=1)
         merged_finished = np.concatenate([self.is_finished, just_finished], axis=1)
-        best = _topk_indices(merged_scores, K)
+        merged_reasons = np.concatenate([self.finished_reasons, reasons], axis=1)
+        best = _topk_indices(merged_scores, self.beams)
         self.finished_seqs = np.take_along_axis(merged_seqs, best[:, :, None], axis=1)
         self.finished_scores = np.take_along_axis(merged_scores, best, axis=1)
         self.finished_lengths = np.take_along_axis(merged_lengths, best, axis=1)
         self.is_finished = np.take_along_axis(merged_finished, best, axis=1)
+        self.finished_reasons = np.take_along_axis(merged_reasons, best, axis=1)
+
+    def stop_running(self, reason: int) -> None:
+        """End the search now: the live running beams join the finished hypotheses, scored as if they
+        ended here, so every input has an output."""
+        generated = max(self.cur_len - self.prompt_length, 1)
+        live = self.running_scores > _IMPOSSIBLE / 2
+        scores = (self.running_scores / (generated ** self.config.length_penalty)).astype(np.float32)
+        scores = np.where(live, scores, _IMPOSSIBLE).astype(np.float32)
+        self._merge_finished(self.running, scores, self.cur_len, live, np.full(live.shape, reason, dtype=np.int8))
+        self._done = True
 
     def _update_can_improve(self) -> None:
         """Can the best running beam still beat the worst finished hypothesis? (transformers'
@@ -223,10 +262,10 @@ class BeamSearch:
         lengths = self.finished_lengths[:, :n].reshape(-1)
         output_length = int(lengths.max())
         sequences = self.finished_seqs[:, :n, :output_length].reshape(-1, output_length)
-        last = sequences[np.arange(len(sequences)), lengths - 1]
-        return SearchOutput(sequences=sequences, finished=np.isin(last, self._eos),
+        return SearchOutput(sequences=sequences, finish_reasons=reason_names(self.finished_reasons[:, :n].reshape(-1)),
                             sequences_scores=self.finished_scores[:, :n].reshape(-1).copy())
 
 
-def make_search(config: GenerationConfig, num_inputs: int, rng: np.random.Generator):
-    return BeamSearch(config, num_inputs, rng) if config.is_beam_search else TokenSearch(config, num_inputs, rng)
+def make_search(config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):
+    search = BeamSearch if config.is_beam_search else TokenSearch
+    return search(config, num_inputs, rng, rules)

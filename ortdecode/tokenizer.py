@@ -7,7 +7,6 @@ transformers' `clean_up_tokenization` when tokenizer_config.json asks for it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import ModelFolderError
+from .model_files import file_in_folder, read_json_file
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -28,16 +28,20 @@ def clean_up_tokenization(text: str) -> str:
 class TextTokenizer:
     def __init__(self, folder: str | Path, pad_token_id: int):
         folder = Path(folder)
-        path = folder / "tokenizer.json"
-        if not path.exists():
+        path = file_in_folder(folder, "tokenizer.json", "tokenizer file")
+        if not path.is_file():
             raise ModelFolderError(f"{folder}: tokenizer.json is missing (the export copies the model's tokenizer)")
-        self._tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            raise ModelFolderError(f"{path} is not a readable tokenizer: {exc}".splitlines()[0]) from None
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        config = read_json_file(folder, "tokenizer_config.json")
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
+        self.model_max_length = config.get("model_max_length")
         self.pad_token_id = pad_token_id
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 input_ids [batch, longest] and attention_mask (1 for tokens, 0 for padding)."""

@@ -81,3 +81,30 @@ def tiny_v1(tiny_models) -> TinyModel:
 
 def random_logits(rng: np.random.Generator, rows: int = 4, vocab: int = 50, scale: float = 3.0) -> np.ndarray:
     return (rng.standard_normal((rows, vocab)) * scale).astype(np.float32)
+
+
+# ---------------------------------------------------------------- reliability figures
+# Tests of bad input, concurrency and memory record what they tried (after their assertions held);
+# pytest prints the totals at the end of the run, under "reliability figures".
+_FIGURES: dict[str, dict[str, object]] = {}
+
+
+@pytest.fixture(scope="session")
+def record():
+    def record(section: str, key: str, value: object = None) -> None:
+        entries = _FIGURES.setdefault(section, {})
+        entries[key] = entries.get(key, 0) + 1 if value is None else value
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for section, entries in sorted(_FIGURES.items()):
+        counted = [v for v in entries.values() if isinstance(v, int) and not isinstance(v, bool)]
+        total = f" ({sum(counted)} cases)" if len(counted) == len(entries) else ""
+        terminalreporter.write_line(f"{section}{total}:")
+        for key, value in entries.items():
+            terminalreporter.write_line(f"    {key}: {value}")

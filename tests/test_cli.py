@@ -94,3 +94,29 @@ def test_export_of_a_hub_id_without_network_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub on this machine: fail fast, not after timeouts
     assert_one_line_error(ortdecode("export", "google/flan-t5-small", str(tmp_path / "out")),
                           "cannot load MODEL 'google/flan-t5-small'")
+
+
+def test_check_passes_on_a_good_export(tiny_v1):
+    run = ortdecode("check", str(tiny_v1.export))
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:-1]] == [
+        "ok    manifest", "ok    sha256", "ok    load (split decoder)", "ok    smoke decode (split decoder)",
+        "ok    load (merged decoder)", "ok    smoke decode (merged decoder)"]
+    assert lines[-1].endswith("all 6 checks passed")
+
+
+def test_check_reports_each_failure_and_exits_1(tiny_v1, tmp_path):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(tiny_v1.export, copy)
+    with open(copy / "decoder_model_merged.onnx", "r+b") as handle:  # damage the merged decoder only
+        handle.truncate(1000)
+    run = ortdecode("check", str(copy))
+    assert run.returncode == 1
+    lines = run.stdout.splitlines()
+    assert "FAIL  sha256: " in lines[1] and "decoder_model_merged.onnx does not match" in lines[1]
+    assert lines[2].startswith("ok    load (split decoder)") and lines[3].startswith("ok    smoke decode (split")
+    assert lines[4].startswith("FAIL  load (merged decoder)") and "decoder_model_merged.onnx" in lines[4]
+    assert lines[-1].endswith("2 of 5 checks failed")

@@ -111,22 +111,6 @@ def test_score_needs_matching_sources_and_targets(generator):
         generator.score(TEXTS[:2], TEXTS[:1])
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(texts=[]), "`texts` has to be a string or a non-empty list"),
-    (dict(texts=None), "needs `texts` or `input_ids`"),
-    (dict(input_ids=np.zeros((2,), np.int64)), "`input_ids` has to be a non-empty 2-D array"),
-    (dict(input_ids=np.full((1, 3), 10_000)), "`input_ids` has to lie in \\[0, "),
-    (dict(input_ids=np.ones((1, 3), np.int64), attention_mask=np.ones((1, 4))), "`attention_mask` has shape"),
-    (dict(texts="spell out: 1", input_ids=np.ones((1, 3), np.int64)), "either `texts` or `input_ids`"),
-    (dict(texts="spell out: 1", top_p=2.0), "`top_p`.*2.0"),
-    (dict(texts="spell out: 1", temprature=0.5), "unknown generation option"),
-])
-def test_bad_inputs_are_value_errors(generator, kwargs, match):
-    texts = kwargs.pop("texts", None)
-    with pytest.raises(ValueError, match=match):
-        generator.generate(texts, **kwargs)
-
-
 def test_sampling_is_repeatable_with_a_seed_and_varies_without(generator):
     a = generator.generate(TEXTS[:2], do_sample=True, seed=3, max_new_tokens=8).sequences
     b = generator.generate(TEXTS[:2], do_sample=True, seed=3, max_new_tokens=8).sequences

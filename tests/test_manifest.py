@@ -69,3 +69,153 @@ def test_checksums_match_and_tampering_is_found(export_copy):
 def test_manifest_round_trips(tiny_v1):
     manifest = ortdecode.read_manifest(tiny_v1.export)
     assert ortdecode.Manifest.from_dict(json.loads(manifest.to_json())) == manifest
+
+
+# ---------------------------------------------------------------- broken folders: each named at load
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def garble(path):
+    """Overwrite the protobuf framing at the start (garbled weights would only be a different model)."""
+    data = bytearray(path.read_bytes())
+    data[:64] = bytes(range(200, 256)) + bytes(8)
+    path.write_bytes(bytes(data))
+
+
+def rehash(folder, file):
+    """Make the manifest agree with a changed file, so the damage itself has to be caught."""
+    from ortdecode.manifest import sha256_of
+
+    def change(data):
+        for graph in data["graphs"].values():
+            if graph["file"] == file:
+                graph["sha256"] = sha256_of(folder / file)
+    edit_manifest(folder, change)
+
+
+def drop_last_layer(data):
+    data["layers"].pop()
+    data["num_decoder_layers"] -= 1
+
+
+BROKEN_FOLDERS = {
+    "graph truncated": (lambda f: truncate(f / "decoder_model.onnx"),
+                        "sha256 of decoder_model.onnx does not match"),
+    "graph truncated, manifest rehashed": (lambda f: (truncate(f / "decoder_model.onnx"),
+                                                      rehash(f, "decoder_model.onnx")), "decoder_model.onnx"),
+    "graph garbled, manifest rehashed": (lambda f: (garble(f / "encoder_model.onnx"), rehash(f, "encoder_model.onnx")),
+                                         "encoder_model.onnx"),
+    "graph empty": (lambda f: ((f / "cache_reorder.onnx").write_bytes(b""), rehash(f, "cache_reorder.onnx")),
+                    "cache_reorder.onnx"),
+    "graph missing": (lambda f: (f / "encoder_model.onnx").unlink(), "missing: encoder_model.onnx"),
+    "sha256 edited": (lambda f: edit_manifest(f, lambda d: d["graphs"]["encoder"].update(sha256="0" * 64)),
+                      "sha256 of encoder_model.onnx does not match"),
+    "manifest lists fewer layers": (lambda f: edit_manifest(f, drop_last_layer),
+                                    "has inputs the manifest does not name"),
+    "layer count disagrees with layers": (lambda f: edit_manifest(f, lambda d: d.update(num_decoder_layers=7)),
+                                          "`num_decoder_layers` is 7, but `layers` names the cache tensors of 2"),
+    "wrong head count": (lambda f: edit_manifest(f, lambda d: d.update(num_heads=3)),
+                         "cache tensor .* but the manifest says tensor\\(float\\)\\[rows, 3, length"),
+    "wrong vocab size": (lambda f: edit_manifest(f, lambda d: d.update(vocab_size=999)),
+                         "logits have 160 entries, but the manifest says vocab_size 999"),
+    "output name edited": (lambda f: edit_manifest(f, lambda d: d["names"].update(logits="scores")),
+                           "lacks what the manifest names: output scores"),
+    "graph input list edited": (lambda f: edit_manifest(f, lambda d: d["graphs"]["encoder"]["inputs"].append("x")),
+                                "differ from those ortdecode.json lists"),
+    "manifest field missing": (lambda f: edit_manifest(f, lambda d: d.pop("d_kv")), "incomplete or malformed"),
+    "manifest not an object": (lambda f: (f / "ortdecode.json").write_text("[1, 2]"), "has to hold a JSON object"),
+    "tokenizer missing": (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+    "tokenizer corrupt": (lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "model": 3}'),
+                          "tokenizer.json is not a readable tokenizer"),
+    "generation_config.json corrupt": (lambda f: (f / "generation_config.json").write_text("{eos"),
+                                       "generation_config.json is not valid JSON"),
+    "manifest names ../": (lambda f: edit_manifest(f, lambda d: d["graphs"]["encoder"].update(file="../enc.onnx")),
+                           "'../enc.onnx' is not a plain path inside the model folder"),
+    "manifest names an absolute path": (
+        lambda f: edit_manifest(f, lambda d: d["graphs"]["encoder"].update(file=str(f / "encoder_model.onnx"))),
+        "is not a plain path inside the model folder"),
+}
+
+
+@pytest.mark.parametrize("breakage", BROKEN_FOLDERS)
+def test_a_broken_folder_is_refused_at_load_naming_the_problem(export_copy, breakage, record):
+    breaker, message = BROKEN_FOLDERS[breakage]
+    breaker(export_copy)
+    with pytest.raises(ModelFolderError, match=message):
+        ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+    record("bad model folders refused at load", breakage)
+
+
+def test_symlinks_out_of_the_folder_are_refused(export_copy, tmp_path, record):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("encoder_model.onnx", "tokenizer.json"):
+        shutil.move(export_copy / name, outside / name)
+        (export_copy / name).symlink_to(outside / name)
+        with pytest.raises(ModelFolderError, match=f"'{name}' leads outside the model folder"):
+            ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+        (export_copy / name).unlink()
+        shutil.move(outside / name, export_copy / name)
+        record("bad model folders refused at load", f"symlink out: {name}")
+    ortdecode.load(export_copy, provider="cpu", decoder_layout="split")  # restored: loads again
+
+
+@pytest.fixture
+def external_data_export(export_copy):
+    """The copy with the encoder's weights moved to an external-data file, as > 2 GB exports have them."""
+    import onnx
+
+    from ortdecode.manifest import sha256_of
+
+    model = onnx.load(export_copy / "encoder_model.onnx")
+    onnx.save(model, export_copy / "encoder_model.onnx", save_as_external_data=True, location="encoder.weights",
+              size_threshold=0)
+
+    def change(data):
+        data["graphs"]["encoder"].update(sha256=sha256_of(export_copy / "encoder_model.onnx"),
+                                         external_data={"encoder.weights": sha256_of(export_copy / "encoder.weights")})
+    edit_manifest(export_copy, change)
+    return export_copy
+
+
+def point_external_data_at(folder, location):
+    import onnx
+
+    model = onnx.load(folder / "encoder_model.onnx", load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(model, folder / "encoder_model.onnx")
+    rehash(folder, "encoder_model.onnx")
+
+
+def test_external_data_is_hashed_and_checked(external_data_export, tiny_v1, record):
+    reference = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout="split").generate("ordinal: 3")
+    generator = ortdecode.load(external_data_export, provider="cpu", decoder_layout="split")
+    assert generator.generate("ordinal: 3").texts == reference.texts
+    with open(external_data_export / "encoder.weights", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelFolderError, match="sha256 of encoder.weights does not match"):
+        ortdecode.load(external_data_export, provider="cpu", decoder_layout="split")
+    record("bad model folders refused at load", "external data changed")
+
+
+@pytest.mark.parametrize("where", ["../encoder.weights", "absolute", "symlink"])
+def test_external_data_outside_the_folder_is_refused(external_data_export, tmp_path, where, record):
+    outside = tmp_path / "encoder.weights"
+    shutil.move(external_data_export / "encoder.weights", outside)
+    if where == "absolute":
+        location = str(outside)
+    elif where == "symlink":
+        (external_data_export / "link.weights").symlink_to(outside)
+        location = "link.weights"
+    else:
+        location = where
+    point_external_data_at(external_data_export, location)
+    message = "leads outside the model folder" if where == "symlink" else "is not a plain path inside the model folder"
+    with pytest.raises(ModelFolderError, match=message):
+        ortdecode.load(external_data_export, provider="cpu", decoder_layout="split", verify=False)
+    record("bad model folders refused at load", f"external data outside: {where}")

@@ -6,6 +6,7 @@ from scipy.stats import chisquare
 
 from ortdecode import GenerationConfig
 from ortdecode.search import TokenSearch, sample_rows, sample_without_replacement
+from ortdecode.stopping import StopRules
 
 
 def chi_square_p(counts: np.ndarray, probs: np.ndarray) -> float:
@@ -44,7 +45,7 @@ def test_sample_without_replacement_is_distinct_and_first_draw_follows_the_weigh
 
 def test_greedy_takes_the_first_maximum_and_pads_finished_rows():
     config = GenerationConfig(max_new_tokens=5)
-    search = TokenSearch(config, num_inputs=2, rng=np.random.default_rng(0))
+    search = TokenSearch(config, num_inputs=2, rng=np.random.default_rng(0), rules=StopRules(config, model_eos=[1]))
     search.advance(np.array([[0.0, 5.0, 5.0, 1.0], [0.0, 0.0, 3.0, 3.0]], dtype=np.float32))  # row 0: EOS (1)
     search.advance(np.array([[0.0, 0.0, 0.0, 9.0], [0.0, 9.0, 0.0, 0.0]], dtype=np.float32))
     np.testing.assert_array_equal(search.input_ids, [[0, 1, 0], [0, 2, 1]])
@@ -57,7 +58,7 @@ def test_sampling_with_a_seed_is_repeatable(seed):
     scores = np.random.default_rng(9).standard_normal((4, 30)).astype(np.float32)
     runs = []
     for _ in range(2):
-        search = TokenSearch(config, num_inputs=4, rng=np.random.default_rng(seed))
+        search = TokenSearch(config, num_inputs=4, rng=np.random.default_rng(seed), rules=StopRules(config, model_eos=[1]))
         search.advance(scores)
         runs.append(search.input_ids.copy())
     np.testing.assert_array_equal(*runs)

@@ -1,0 +1,67 @@
+"""Why a sequence ends: EOS, a stop condition, the length limit, or the time limit.
+
+transformers' stopping criteria, as one object the searches ask after each step:
+
+- ``eos``: the last token is one of the model's EOS ids;
+- ``stop``: the last token is an EOS id given for this call that is not the model's, or it completed
+  one of the call's stop strings (transformers' `StopStringCriteria`: the string may start and end
+  inside tokens; it is kept in the output);
+- ``length``: the token budget is spent (the searches decide this);
+- ``time``: `max_time` seconds passed since the call began (transformers' `MaxTimeCriteria`).
+
+Reasons are small integer codes in the searches' arrays; `REASONS` names them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import GenerationConfig
+
+RUNNING, EOS, STOP, LENGTH, TIME, INTERRUPTED = range(6)
+REASONS = ("running", "eos", "stop", "length", "time", "interrupted")
+
+
+class StopRules:
+    def __init__(self, config: GenerationConfig, model_eos: Sequence[int],
+                 decode: Callable[[Sequence[int]], str] | None = None, clock: Callable[[], float] = time.monotonic):
+        self.eos = np.asarray(config.eos_token_id, dtype=np.int64)
+        self.model_eos = np.asarray(model_eos, dtype=np.int64)
+        self.stop_strings = config.stop
+        if self.stop_strings and decode is None:
+            raise ValueError("stop strings need a tokenizer to decode with")
+        self.decode = decode
+        # Enough trailing tokens to hold any stop string, even when each token adds a single byte.
+        self.window = 4 * max((len(s.encode("utf-8")) for s in self.stop_strings), default=0) + 4
+        self.clock = clock
+        self.deadline = None if config.max_time is None else clock() + config.max_time
+
+    def time_is_up(self) -> bool:
+        return self.deadline is not None and self.clock() > self.deadline
+
+    def ended(self, sequences: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """int8[len(sequences)]: the reason the last token ends each sequence (EOS, STOP), else RUNNING.
+        rows: bool mask of the sequences to look at (the others stay RUNNING)."""
+        last = sequences[:, -1]
+        look = np.ones(len(last), dtype=bool) if rows is None else rows
+        codes = np.full(len(last), RUNNING, dtype=np.int8)
+        is_eos = look & np.isin(last, self.eos)
+        codes[is_eos] = np.where(np.isin(last[is_eos], self.model_eos), EOS, STOP)
+        if self.stop_strings:
+            for row in np.flatnonzero(look & ~is_eos):
+                if self._completes_stop_string(sequences[row]):
+                    codes[row] = STOP
+        return codes
+
+    def _completes_stop_string(self, sequence: np.ndarray) -> bool:
+        """Whether the last token makes a stop string appear in the text (it was not there before)."""
+        tail = sequence[1:][-self.window:]  # generated tokens only: the decoder start token is not text
+        now, before = self.decode(tail), self.decode(tail[:-1])
+        return any(s in now and s not in before for s in self.stop_strings)
+
+
+def reason_names(codes: np.ndarray) -> list[str]:
+    return [REASONS[int(code)] for code in codes]
