@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out_dir", metavar="OUT_DIR")
     export.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: apply ONNX Runtime's T5 fusions (CUDA-only ops)")
-    export.add_argument("--fp16", action="store_true", help="float16 graphs (with --target cuda)")
+    export.add_argument("--dtype", choices=("float32", "fp16"), default="float32",
+                        help="fp16: float16 graphs for CUDA (implies --target cuda), logits still float32")
+    export.add_argument("--fp16", action="store_true", help="the same as --dtype fp16")
     export.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantization of the weights (CPU)")
     export.add_argument("--layout", choices=("split", "merged", "both"), default="split",
                         help="decoder graphs: split = first-step + with-past pair, merged = one graph")
@@ -185,7 +187,9 @@ def _export(args) -> int:
     except ImportError as exc:
         raise OrtDecodeError(f"`ortdecode export` needs the export extra: pip install 'ortdecode[export]' "
                              f"({exc})") from None
-    export_model(args.model, args.out_dir, target=args.target, fp16=args.fp16, quantize=args.quantize,
+    fp16 = args.fp16 or args.dtype == "fp16"
+    target = "cuda" if fp16 else args.target
+    export_model(args.model, args.out_dir, target=target, fp16=fp16, quantize=args.quantize,
                  layout=args.layout, opset=args.opset, atol=args.atol, validate=not args.no_validate,
                  force=args.force)
     return 0

@@ -17,6 +17,9 @@ memory and the logits come back as a zero-copy NumPy view.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,28 @@ def _say_once(message: str) -> None:
 def cuda_available() -> bool:
     """Whether this onnxruntime build has the CUDA execution provider (not whether a GPU answers)."""
     return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def cuda_library_problem() -> str | None:
+    """Why onnxruntime's CUDA provider library cannot load (a missing CUDA or cuDNN library, as the
+    dynamic loader words it), or None when it loads. ONNX Runtime itself only logs this and goes on
+    with the CPU provider."""
+    if hasattr(ort, "preload_dlls"):
+        try:  # CUDA/cuDNN libraries from the nvidia-* wheels, when that is where they are. It prints
+            # each library it misses on stdout, which belongs to the caller (JSON output): kept off it.
+            with contextlib.redirect_stdout(io.StringIO()):
+                ort.preload_dlls(directory="")
+        except Exception:  # noqa: BLE001 - the load below reports the real failure
+            pass
+    name = "onnxruntime_providers_cuda.dll" if sys.platform == "win32" else "libonnxruntime_providers_cuda.so"
+    library = Path(ort.__file__).parent / "capi" / name
+    if not library.exists():
+        return f"{library} is missing"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return str(exc).strip().splitlines()[0]
+    return None
 
 
 def uses_merged_decoder(folder: str | Path, manifest: mf.Manifest, decoder_layout: str) -> bool:
@@ -142,18 +167,19 @@ class Runner:
                     "(onnxruntime-gpu) instead of onnxruntime")
             _say_once("CUDA is not available in this onnxruntime build; using the CPU provider")
             return "cpu", self._session(mf.ENCODER, "cpu")
-        if hasattr(ort, "preload_dlls"):
-            try:  # CUDA/cuDNN libraries from the nvidia-* wheels, when that is where they are
-                ort.preload_dlls(directory="")
-            except Exception:  # noqa: BLE001 - the session start below reports the real failure
-                pass
-        session = self._session(mf.ENCODER, "cuda")
-        if session.get_providers()[0] == "CUDAExecutionProvider":
-            return "cuda", session
+        problem = cuda_library_problem()
+        if problem is None:
+            try:
+                session = self._session(mf.ENCODER, "cuda", fallback=False)
+            except ModelFolderError as exc:  # the provider threw (no device, driver too old, ...)
+                problem = str(exc).split(": ", 1)[-1]
+            else:
+                if session.get_providers()[0] == "CUDAExecutionProvider":
+                    return "cuda", session
+                problem = "onnxruntime did not register it (see its log above)"
         if provider == "cuda":
-            raise ProviderError("provider 'cuda' requested, but the CUDA execution provider failed to start "
-                                "(no GPU visible, or CUDA/cuDNN libraries missing); see onnxruntime's log above")
-        _say_once("the CUDA execution provider did not start (no GPU visible?); using the CPU provider")
+            raise ProviderError(f"provider 'cuda' requested, but the CUDA execution provider cannot start: {problem}")
+        _say_once(f"the CUDA execution provider cannot start ({problem}); using the CPU provider")
         return "cpu", self._session(mf.ENCODER, "cpu")
 
     def _single_thread_options(self) -> ort.SessionOptions:
@@ -166,14 +192,17 @@ class Runner:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
-    def _session(self, role: str, provider: str | None = None,
-                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    def _session(self, role: str, provider: str | None = None, options: ort.SessionOptions | None = None,
+                 fallback: bool = True) -> ort.InferenceSession:
+        """fallback=False: a provider that fails raises, instead of ONNX Runtime printing a banner on
+        stdout and going on with the CPU provider."""
         graph = self.manifest.graphs[role]
         path = self.folder / graph.file
         mf.external_data_of(self.folder, graph.file)  # refuse weights outside the folder before ONNX Runtime reads them
         try:
             return ort.InferenceSession(str(path), options or self.options,
-                                        providers=self._providers_for(provider or self.provider))
+                                        providers=self._providers_for(provider or self.provider),
+                                        enable_fallback=int(fallback))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types here
             raise ModelFolderError(f"onnxruntime could not load {path} ({role}): {exc}".splitlines()[0]) from None
 

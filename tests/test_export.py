@@ -110,3 +110,23 @@ def test_cache_reorder_graph_is_a_gather_per_kv_tensor(tiny):
     generator.runner.step(state, np.zeros(3, np.int64))
     generator.runner.reorder_cache(state, np.array([2, 0, 0]))
     assert state.self_cache[0].shape()[0] == 3
+
+
+def test_dtype_fp16_writes_float16_cuda_graphs_with_float32_logits(tiny_v1, tmp_path):
+    """The export side of the GPU path, which runs anywhere; decoding these graphs needs CUDA (test_cuda.py)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "fp16"
+    run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_v1.checkpoint), str(out),
+                          "--dtype", "fp16", "--no-validate"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    manifest = ortdecode.read_manifest(out)
+    assert (manifest.dtype, manifest.target) == ("float16", "cuda")
+    float16, float32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    for role in ("decoder", "decoder_with_past"):
+        graph = onnx.load(out / manifest.graphs[role].file).graph
+        types = {o.name: o.type.tensor_type.elem_type for o in graph.output}
+        assert types.pop("logits") == float32
+        assert set(types.values()) == {float16}  # the KV cache
+    assert {node.domain for node in onnx.load(out / "decoder_model.onnx").graph.node} >= {"com.microsoft"}
