@@ -11,10 +11,9 @@ sessions are thread-safe, each call has its own cache, search and random generat
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
-
-import warnings
 
 import numpy as np
 

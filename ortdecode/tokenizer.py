@@ -41,7 +41,6 @@ class TextTokenizer:
         self.clean_up_spaces = bool(config.get("clean_up_tokenization_spaces", False))
         self.model_max_length = config.get("model_max_length")
         self.pad_token_id = pad_token_id
-        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded int64 input_ids [batch, longest] and attention_mask (1 for tokens, 0 for padding)."""
