@@ -172,7 +172,7 @@ class Runner:
             try:
                 session = self._session(mf.ENCODER, "cuda", fallback=False)
             except ModelFolderError as exc:  # the provider threw (no device, driver too old, ...)
-                problem = str(exc).split(": ", 1)[-1]
+                problem = str(exc.__cause__).strip().splitlines()[0]
             else:
                 if session.get_providers()[0] == "CUDAExecutionProvider":
                     return "cuda", session
@@ -204,7 +204,7 @@ class Runner:
                                         providers=self._providers_for(provider or self.provider),
                                         enable_fallback=int(fallback))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types here
-            raise ModelFolderError(f"onnxruntime could not load {path} ({role}): {exc}".splitlines()[0]) from None
+            raise ModelFolderError(f"onnxruntime could not load {path} ({role}): {exc}".splitlines()[0]) from exc
 
     def _check_names(self) -> None:
         n = self.names
