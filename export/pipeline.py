@@ -3,12 +3,14 @@
 Load, export, optimize, save, validate (CTranslate2's converter order): Optimum writes the encoder and
 decoder graphs; CUDA targets get ONNX Runtime's T5 fusions, int8 targets dynamic quantization; the
 cache-reorder graph, tokenizer and configs are added; the manifest records names, shapes, ids, versions
-and sha256; finally the export is compared with PyTorch and the result written into the manifest.
+and sha256; finally the export is compared with PyTorch and the result written into the manifest. All of
+it happens in a staging folder beside OUT_DIR that is renamed into place at the end (`out_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 import shutil
@@ -25,6 +27,7 @@ from ortdecode import manifest as mf
 from ortdecode.errors import OrtDecodeError
 
 from .cache_reorder import reorder_names, write_cache_reorder_graph
+from .out_dir import check_out_dir, export_lock, publish, staging_folder
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5")
 OPTIMUM_FILES = {
@@ -34,11 +37,14 @@ OPTIMUM_FILES = {
     mf.DECODER_MERGED: "decoder_model_merged.onnx",
 }
 CACHE_REORDER_FILE = "cache_reorder.onnx"
-DEFAULT_ATOL = {"float32": 1e-4, "float16": 5e-2}  # float32: Optimum's own T5 tolerance
 
 
 class ExportError(OrtDecodeError):
     """The export could not be made, or does not match PyTorch within tolerance."""
+
+
+class ExportWarning(UserWarning):
+    """The export was made, differently from what was asked (e.g. without ONNX Runtime's CUDA fusions)."""
 
 
 def _versions() -> dict:
@@ -88,21 +94,6 @@ def _check_options(target: str, fp16: bool, quantize: str | None, layout: str) -
         raise ValueError("--quantize and --target cuda rewrite the split decoder graphs: use --layout split")
 
 
-def _check_out_dir(out_dir: Path, source: str, force: bool) -> None:
-    if Path(source).exists() and Path(source).resolve() == out_dir.resolve():
-        raise ValueError(f"OUT_DIR {out_dir} is the model folder itself; choose another folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"OUT_DIR {out_dir} exists and is not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise ValueError(f"OUT_DIR {out_dir} is not empty; pass --force to overwrite it")
-
-
-def _empty_out_dir(out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-
-
 def _load_checkpoint(source: str):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -150,121 +141,167 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                  progress: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
 
-    Raises `ExportError` when the export's logits differ from PyTorch's by more than `atol` (default:
-    1e-4 for float32, 5e-2 for float16; int8 exports are compared and reported, not judged, unless
-    `atol` is given). The failed export stays in OUT_DIR with `validation.passed = false`."""
+    The export is built beside OUT_DIR and moved into place when complete; a second export into the
+    same OUT_DIR meanwhile is refused. Validation compares the export's logits with PyTorch float32 and
+    float64 (`parity.judge`); `atol` overrides that rule with max |logits - PyTorch float32 logits| <= atol.
+    int8 exports are measured, not judged, unless `atol` is given. A failed validation raises
+    `ExportError` and leaves the export in OUT_DIR with `validation.passed = false` (`load` refuses it).
+    A folder written by Optimum (`optimum-cli export onnx`) is adopted as it is (`adopt_optimum_export`)."""
+    from .adopt import adopt_optimum_export, is_optimum_export
+
     _check_options(target, fp16, quantize, layout)
     out_dir = Path(out_dir)
     model = str(model)
+    if is_optimum_export(model):
+        if (target, fp16, quantize, layout, opset, atol) != ("cpu", False, None, "split", None, None):
+            raise ValueError(f"MODEL {model} is an Optimum export: it is adopted as it is (no --target, --dtype, "
+                             "--quantize, --layout, --opset or --atol); see `ortdecode adopt`")
+        return adopt_optimum_export(model, out_dir, force=force, progress=progress)
     dtype = "float16" if fp16 else "float32"
+    if validate and target == "cuda":
+        _check_cuda_validation_possible()
     # Everything that can be wrong with the inputs is found before anything is written or shown.
-    _check_out_dir(out_dir, model, force)
-    with _quiet_libraries():
-        config, tokenizer = _load_checkpoint(model)
-    steps = ["export graphs with Optimum"]
-    steps += ["fuse for CUDA"] if target == "cuda" else []
-    steps += ["quantize int8"] if quantize else []
-    steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
-    with tqdm(total=len(steps), desc="export", unit="step", disable=not progress, file=sys.stderr) as bar, \
-            _quiet_libraries():
-        bar.set_postfix_str(steps[0])
+    with export_lock(out_dir):
+        check_out_dir(out_dir, model, force)
+        with _quiet_libraries():
+            config, tokenizer = _load_checkpoint(model)
+        steps = ["export graphs with Optimum"]
+        steps += ["fuse for CUDA"] if target == "cuda" else []
+        steps += ["quantize int8"] if quantize else []
+        steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
+        notes: list[str] = []
+        with tqdm(total=len(steps), desc="export", unit="step", disable=not progress, file=sys.stderr) as bar, \
+                _quiet_libraries(), staging_folder(out_dir) as staging:
+            bar.set_postfix_str(steps[0])
 
-        def advance() -> None:
-            bar.update(1)
-            if bar.n < len(steps):
-                bar.set_postfix_str(steps[bar.n])
+            def advance() -> None:
+                bar.update(1)
+                if bar.n < len(steps):
+                    bar.set_postfix_str(steps[bar.n])
 
-        _empty_out_dir(out_dir)
-        roles = [mf.ENCODER] + ([mf.DECODER, mf.DECODER_WITH_PAST] if layout in ("split", "both") else [])
-        roles += [mf.DECODER_MERGED] if layout in ("merged", "both") else []
-        with tempfile.TemporaryDirectory(prefix=".optimum-", dir=out_dir) as work:
-            work = Path(work)
-            from optimum.exporters.onnx import main_export
+            roles = [mf.ENCODER] + ([mf.DECODER, mf.DECODER_WITH_PAST] if layout in ("split", "both") else [])
+            roles += [mf.DECODER_MERGED] if layout in ("merged", "both") else []
+            with tempfile.TemporaryDirectory(prefix=".optimum-", dir=staging) as work:
+                work = Path(work)
+                from optimum.exporters.onnx import main_export
 
-            main_export(model, output=work, task="text2text-generation-with-past", opset=opset,
-                        do_validation=False, no_post_process=mf.DECODER_MERGED not in roles, device="cpu")
-            advance()
-            for role in roles:
-                source, final = work / OPTIMUM_FILES[role], out_dir / OPTIMUM_FILES[role]
-                if not source.exists():
-                    raise ExportError(f"Optimum did not write {source.name} for MODEL {model!r}")
+                main_export(model, output=work, task="text2text-generation-with-past", opset=opset,
+                            do_validation=False, no_post_process=mf.DECODER_MERGED not in roles, device="cpu")
+                advance()
+                for role in roles:
+                    source, final = work / OPTIMUM_FILES[role], staging / OPTIMUM_FILES[role]
+                    if not source.exists():
+                        raise ExportError(f"Optimum did not write {source.name} for MODEL {model!r}")
+                    if target == "cuda":
+                        from .cuda_fusion import fuse_for_cuda
+
+                        note = fuse_for_cuda(source, final, num_heads=config.num_heads, d_kv=config.d_kv, fp16=fp16)
+                        notes += [f"{source.name}: {note}"] if note else []
+                    elif quantize:
+                        from .quantize import quantize_graph_int8
+
+                        quantize_graph_int8(source, final)
+                    else:
+                        shutil.move(str(source), str(final))
+                    for extra in work.glob(OPTIMUM_FILES[role] + "_data"):  # external weights of > 2 GB graphs
+                        shutil.move(str(extra), str(staging / extra.name))
                 if target == "cuda":
-                    from .cuda_fusion import fuse_for_cuda
-
-                    fuse_for_cuda(source, final, num_heads=config.num_heads, hidden_size=config.d_model, fp16=fp16)
-                elif quantize:
-                    from .quantize import quantize_graph_int8
-
-                    quantize_graph_int8(source, final)
-                else:
-                    shutil.move(str(source), str(final))
-                for extra in work.glob(OPTIMUM_FILES[role] + "_data"):  # external weights of > 2 GB graphs
-                    shutil.move(str(extra), str(out_dir / extra.name))
+                    advance()
+                if quantize:
+                    advance()
+                for name in ("config.json", "generation_config.json"):
+                    if (work / name).exists():
+                        shutil.copy(work / name, staging / name)
+            export_options = {"target": target, "fp16": fp16, "quantize": quantize, "layout": layout, "opset": opset,
+                              "atol": atol, "validate": validate}
             if target == "cuda":
-                advance()
-            if quantize:
-                advance()
-            for name in ("config.json", "generation_config.json"):
-                if (work / name).exists():
-                    shutil.copy(work / name, out_dir / name)
-        tokenizer.save_pretrained(out_dir)
-
-        num_decoder_layers = config.num_decoder_layers or config.num_layers
-        layers = _layer_names(num_decoder_layers)
-        names = mf.TensorNames()
-        write_cache_reorder_graph(out_dir / CACHE_REORDER_FILE, layers=list(layers), num_heads=config.num_heads,
-                                  d_kv=config.d_kv, dtype=dtype, indices_name=names.reorder_indices)
-        graphs, graph_opset = {}, 0
-        for role in roles + [mf.CACHE_REORDER]:
-            file = OPTIMUM_FILES.get(role, CACHE_REORDER_FILE)
-            inputs, outputs, version = _graph_io(out_dir / file)
-            graph_opset = version if role == mf.ENCODER else graph_opset
-            external = {name: mf.sha256_of(path) for name, path in mf.external_data_of(out_dir, file).items()}
-            graphs[role] = mf.GraphFile(file=file, sha256=mf.sha256_of(out_dir / file), inputs=inputs, outputs=outputs,
-                                        external_data=external)
-        from transformers import GenerationConfig as HFGenerationConfig
-
-        try:
-            generation = HFGenerationConfig.from_pretrained(out_dir)
-        except OSError:  # the checkpoint had none: transformers derives it from config.json
-            generation = HFGenerationConfig.from_model_config(config)
-        eos = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
-        manifest = mf.Manifest(
-            model_type=config.model_type, source=model, graphs=graphs, names=names, layers=layers,
-            num_layers=config.num_layers, num_decoder_layers=num_decoder_layers, num_heads=config.num_heads,
-            d_kv=config.d_kv, d_model=config.d_model, vocab_size=config.vocab_size,
-            pad_token_id=config.pad_token_id, eos_token_id=tuple(eos if isinstance(eos, list) else [eos]),
-            decoder_start_token_id=config.decoder_start_token_id, dtype=dtype, target=target,
-            quantization="int8-dynamic" if quantize else None, opset=graph_opset, versions=_versions(),
-            export_options={"target": target, "fp16": fp16, "quantize": quantize, "layout": layout,
-                            "opset": opset, "atol": atol})
-        manifest.write(out_dir)
-        advance()
-        if validate:
-            manifest = _validate(manifest, model, out_dir, tokenizer, target, dtype, quantize, atol)
+                export_options["cuda_fusion"] = "; ".join(notes) if notes else "fused"
+            manifest = write_manifest(staging, config, tokenizer, roles, source=model, dtype=dtype, target=target,
+                                      quantization="int8-dynamic" if quantize else None, export_options=export_options)
             advance()
+            failure = None
+            if validate:
+                manifest, failure = validate_into_manifest(manifest, staging, out_dir, lambda: _torch_model(model),
+                                                           tokenizer, target, atol)
+                advance()
+            publish(staging, out_dir)
+    for note in notes:
+        warnings.warn(f"{out_dir}: {note}", ExportWarning, stacklevel=2)
+    if failure:
+        raise ExportError(failure)
     return manifest
 
 
-def _validate(manifest: mf.Manifest, model: str, out_dir: Path, tokenizer, target: str, dtype: str,
-              quantize: str | None, atol: float | None) -> mf.Manifest:
-    import dataclasses
+def _check_cuda_validation_possible() -> None:
+    import onnxruntime
 
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise ExportError("a --target cuda / --dtype fp16 export is validated on ONNX Runtime's CUDA provider, which "
+                          "this install lacks (it needs onnxruntime-gpu and a GPU): pass --no-validate to export "
+                          "anyway, then `ortdecode validate` the folder on a GPU machine")
+
+
+def _torch_model(source: str):
     from transformers import AutoModelForSeq2SeqLM
 
+    return AutoModelForSeq2SeqLM.from_pretrained(source).eval()
+
+
+def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source: str, dtype: str, target: str,
+                   quantization: str | None, export_options: dict) -> mf.Manifest:
+    """Add the cache-reorder graph and the tokenizer to a folder holding Optimum's graphs (and config.json,
+    generation_config.json), then write the manifest."""
+    tokenizer.save_pretrained(folder)
+    num_decoder_layers = config.num_decoder_layers or config.num_layers
+    layers = _layer_names(num_decoder_layers)
+    names = mf.TensorNames()
+    write_cache_reorder_graph(folder / CACHE_REORDER_FILE, layers=list(layers), num_heads=config.num_heads,
+                              d_kv=config.d_kv, dtype=dtype, indices_name=names.reorder_indices)
+    graphs, graph_opset = {}, 0
+    for role in roles + [mf.CACHE_REORDER]:
+        file = OPTIMUM_FILES.get(role, CACHE_REORDER_FILE)
+        inputs, outputs, version = _graph_io(folder / file)
+        graph_opset = version if role == mf.ENCODER else graph_opset
+        external = {name: mf.sha256_of(path) for name, path in mf.external_data_of(folder, file).items()}
+        graphs[role] = mf.GraphFile(file=file, sha256=mf.sha256_of(folder / file), inputs=inputs, outputs=outputs,
+                                    external_data=external)
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    try:
+        generation = HFGenerationConfig.from_pretrained(folder)
+    except OSError:  # the checkpoint had none: transformers derives it from config.json
+        generation = HFGenerationConfig.from_model_config(config)
+    eos = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
+    manifest = mf.Manifest(
+        model_type=config.model_type, source=source, graphs=graphs, names=names, layers=layers,
+        num_layers=config.num_layers, num_decoder_layers=num_decoder_layers, num_heads=config.num_heads,
+        d_kv=config.d_kv, d_model=config.d_model, vocab_size=config.vocab_size,
+        pad_token_id=config.pad_token_id, eos_token_id=tuple(eos if isinstance(eos, list) else [eos]),
+        decoder_start_token_id=config.decoder_start_token_id, dtype=dtype, target=target,
+        quantization=quantization, opset=graph_opset, versions=_versions(), export_options=export_options,
+        validation={"status": "running"} if export_options.get("validate") else {"status": "skipped"})
+    manifest.write(folder)
+    return manifest
+
+
+def validate_into_manifest(manifest: mf.Manifest, folder: Path, out_dir: Path, torch_model, tokenizer, provider: str,
+                           atol: float | None) -> tuple[mf.Manifest, str | None]:
+    """Compare the export in `folder` (to be published as `out_dir`) with PyTorch, record the result in its
+    manifest; return the manifest and, when the export failed, the sentence to raise."""
     from .validate import compare_with_pytorch
 
-    if atol is None and not quantize:
-        atol = DEFAULT_ATOL[dtype]
-    torch_model = AutoModelForSeq2SeqLM.from_pretrained(model).eval()
     try:
-        report = compare_with_pytorch(out_dir, torch_model, tokenizer, provider=target, atol=atol)
-    except OrtDecodeError as exc:
-        raise ExportError(f"the export in {out_dir} could not be validated: {exc} (use --no-validate to skip)") from None
+        report = compare_with_pytorch(folder, torch_model(), tokenizer, provider=provider, atol=atol)
+    except Exception as exc:  # noqa: BLE001  (recorded: the export stays, marked as not validated)
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        manifest = dataclasses.replace(manifest, validation={"status": "crashed", "passed": False, "error": message})
+        manifest.write(folder)
+        return manifest, (f"the export in {out_dir} could not be validated ({message}); it is marked failed "
+                          "(use --no-validate to skip the validation)")
     manifest = dataclasses.replace(manifest, validation=report.to_dict())
-    manifest.write(out_dir)
+    manifest.write(folder)
     if report.passed is False:
-        raise ExportError(
-            f"validation failed: max |logits - PyTorch logits| = {report.max_abs_diff:.3g} > atol {atol:g} "
-            f"({report.inputs} inputs, {report.steps} steps); the export in {out_dir} is marked failed")
-    return manifest
+        return manifest, (f"validation failed: {report.reason} ({report.inputs} inputs, {report.steps} steps); the "
+                          f"export in {out_dir} is marked failed (--atol sets your own bound on max |logits - PyTorch "
+                          "float32 logits|)")
+    return manifest, None

@@ -7,7 +7,7 @@
 
 from .config import GenerationConfig
 from .errors import ModelFolderError, NonFiniteLogitsError, OrtDecodeError, ProviderError
-from .generator import Generator, default_model_path, load
+from .generator import Generator, UnvalidatedExportWarning, default_model_path, load
 from .manifest import Manifest, read_manifest, verify_checksums
 from .results import GenerationResult, ScoreResult
 
@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GenerationConfig", "GenerationResult", "Generator", "Manifest", "ModelFolderError", "NonFiniteLogitsError",
-    "OrtDecodeError", "ProviderError", "ScoreResult", "default_model_path", "load", "read_manifest",
+    "OrtDecodeError", "ProviderError", "ScoreResult", "UnvalidatedExportWarning", "default_model_path", "load", "read_manifest",
     "verify_checksums", "__version__",
 ]

@@ -1,6 +1,7 @@
 """`ortdecode check DIR`: is this model folder safe and able to decode? Each check reports on its own.
 
-1. the manifest reads and describes a complete export;
+1. the manifest reads and describes a complete export, and its validation against PyTorch passed (an
+   export whose validation failed, did not finish or never ran is a FAIL);
 2. every graph file and external-data file matches its sha256 (all layouts, not only the one `load` picks);
 3. each decoder layout the export holds loads, and its graphs' inputs, outputs and KV shapes match the
    manifest (the checks of `load`);
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OrtDecodeError
-from .manifest import read_manifest, verify_checksums
+from .manifest import read_manifest, validation_problem, verify_checksums
 
 
 @dataclass
@@ -51,6 +52,15 @@ def check_model_folder(folder: str | Path, provider: str = "cpu") -> list[CheckR
     if not attempt("manifest", read):
         return results
 
+    def validation():
+        problem = validation_problem(manifest)
+        if problem is not None:
+            raise OrtDecodeError(problem[1])
+        record = manifest.validation
+        return record.get("reason") or f"max |logits - PyTorch logits| = {record.get('max_abs_diff')}"
+
+    attempt("validation", validation)
+
     def hashes():
         verify_checksums(folder, manifest)
         extra = sum(len(g.external_data) for g in manifest.graphs.values())
@@ -65,7 +75,7 @@ def check_model_folder(folder: str | Path, provider: str = "cpu") -> list[CheckR
 
         def load_layout():
             nonlocal generator
-            generator = load(folder, provider=provider, decoder_layout=layout, verify=False)
+            generator = load(folder, provider=provider, decoder_layout=layout, verify=False, allow_unvalidated=True)
             return f"graphs load on {generator.provider}; inputs, outputs and KV shapes match the manifest"
 
         if not attempt(f"load ({layout} decoder)", load_layout):

@@ -1,7 +1,8 @@
-"""The `ortdecode` command: generate, score, export, verify, check.
+"""The `ortdecode` command: generate, score, export, adopt, validate, verify, check.
 
-Errors print one line on stderr, never a traceback (set ORTDECODE_DEBUG=1 for one). Exit status:
-0 success; 1 the model folder, the provider or the export failed (or `check` found a problem);
+Errors print one line on stderr, never a traceback (set ORTDECODE_DEBUG=1 for one); so do unexpected
+exceptions, as "internal error". Exit status: 0 success; 1 the model folder, the provider or the export
+failed (or `check` / `validate` found a problem, or an internal error);
 2 a bad request: a malformed command line, an invalid option, an empty or too long text, stdin that
 is not UTF-8; 130 interrupted by Ctrl-C (what was generated so far is printed first).
 """
@@ -13,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Sequence
 
 from .errors import GenerationInterrupted, OrtDecodeError
@@ -27,6 +29,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="DIR", help="export folder (default: the embedded default model)")
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--allow-unvalidated", action="store_true",
+                        help="load an export whose validation against PyTorch failed or did not finish")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--layout", choices=("split", "merged", "both"), default="split",
                         help="decoder graphs: split = first-step + with-past pair, merged = one graph")
     export.add_argument("--opset", type=int)
-    export.add_argument("--atol", type=float, help="max |logits - PyTorch logits| accepted by the validation")
+    export.add_argument("--atol", type=float, help="accept max |logits - PyTorch float32 logits| <= ATOL instead of "
+                                                   "the float64 parity rule")
     export.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
-    export.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
+    export.add_argument("--force", action="store_true", help="replace OUT_DIR when it holds a previous export")
+
+    adopt = commands.add_parser("adopt", help="make a plain Optimum export folder an ortdecode export")
+    adopt.add_argument("optimum_dir", metavar="OPTIMUM_DIR")
+    adopt.add_argument("out_dir", metavar="OUT_DIR")
+    adopt.add_argument("--reference", metavar="CKPT", help="the PyTorch checkpoint the graphs came from: validate "
+                                                           "against it (without it the export is unvalidated)")
+    adopt.add_argument("--atol", type=float, help="as for export")
+    adopt.add_argument("--force", action="store_true", help="replace OUT_DIR when it holds a previous export")
+
+    validate = commands.add_parser("validate", help="parity report of an export against its PyTorch checkpoint; "
+                                                    "exit 0 when it passes")
+    validate.add_argument("model", metavar="EXPORT")
+    validate.add_argument("--reference", required=True, metavar="CKPT", help="the PyTorch checkpoint (folder or hub id)")
+    validate.add_argument("--texts", metavar="FILE", help="inputs, one per line (default: a few sample texts)")
+    validate.add_argument("--num-beams", type=int, default=4, help="beam width of the beam-identity test (default 4)")
+    validate.add_argument("--max-new-tokens", type=int, default=20, help="length of the free-running outputs")
+    validate.add_argument("--steps", type=int, default=8, help="teacher-forced steps of the logits comparison")
+    validate.add_argument("--atol", type=float, help="as for export")
+    validate.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
 
     verify = commands.add_parser("verify", help="check an export's files against the sha256 in its manifest")
     verify.add_argument("model", metavar="DIR", nargs="?")
@@ -142,7 +167,7 @@ def _generate(args) -> int:
     texts = _read_texts(args.texts)
     check_texts(texts, "texts")
     started = time.perf_counter()
-    generator = load(args.model, provider=args.provider, threads=args.threads)
+    generator = load(args.model, provider=args.provider, threads=args.threads, allow_unvalidated=args.allow_unvalidated)
     if args.verbose:
         print(f"ortdecode: loaded {generator.folder} on {generator.provider} in {time.perf_counter() - started:.2f} s",
               file=sys.stderr, flush=True)
@@ -166,7 +191,7 @@ def _generate(args) -> int:
 def _score(args) -> int:
     from . import load
 
-    generator = load(args.model, provider=args.provider, threads=args.threads)
+    generator = load(args.model, provider=args.provider, threads=args.threads, allow_unvalidated=args.allow_unvalidated)
     result = generator.score([args.source], [args.target])
     tokens = [generator.tokenizer.token(t) for t in result.tokens[0]]
     logprobs = result.token_logprobs[0]
@@ -181,18 +206,53 @@ def _score(args) -> int:
     return 0
 
 
-def _export(args) -> int:
+def _export_tools(command: str):
     try:
-        from ortdecode_export import export_model
+        import ortdecode_export
     except ImportError as exc:
-        raise OrtDecodeError(f"`ortdecode export` needs the export extra: pip install 'ortdecode[export]' "
+        raise OrtDecodeError(f"`ortdecode {command}` needs the export extra: pip install 'ortdecode[export]' "
                              f"({exc})") from None
+    return ortdecode_export
+
+
+def _export(args) -> int:
+    export_model = _export_tools("export").export_model
     fp16 = args.fp16 or args.dtype == "fp16"
     target = "cuda" if fp16 else args.target
     export_model(args.model, args.out_dir, target=target, fp16=fp16, quantize=args.quantize,
                  layout=args.layout, opset=args.opset, atol=args.atol, validate=not args.no_validate,
                  force=args.force)
     return 0
+
+
+def _adopt(args) -> int:
+    _export_tools("adopt").adopt_optimum_export(args.optimum_dir, args.out_dir, reference=args.reference,
+                                                atol=args.atol, force=args.force)
+    return 0
+
+
+def _validate(args) -> int:
+    tools = _export_tools("validate")
+    texts = None
+    if args.texts:
+        with open(args.texts, encoding="utf-8") as handle:
+            texts = [line.rstrip("\n") for line in handle if line.strip()]
+        if not texts:
+            raise ValueError(f"--texts {args.texts} holds no text")
+    report = tools.validate_export(args.model, args.reference, texts=texts, num_beams=args.num_beams,
+                                   max_new_tokens=args.max_new_tokens, steps=args.steps, provider=args.provider,
+                                   atol=args.atol)
+    if args.json:
+        print(json.dumps({"model": args.model, "reference": args.reference, **report.to_dict()}, indent=2))
+    else:
+        print(f"{'step':>4}  {'vs float32':>11}  {'vs float64':>11}")
+        for step, (e32, e64) in enumerate(zip(report.step_errors_float32, report.step_errors_float64)):
+            print(f"{step:>4}  {e32:11.3g}  {e64:11.3g}")
+        print(f"PyTorch float32 vs float64: {report.torch_float32_vs_float64:.3g}; logits scale {report.logits_scale:.3g}")
+        print(f"greedy outputs identical to transformers': {report.greedy_identical:.0%} of {report.inputs}")
+        print(f"beam search ({report.num_beams} beams) outputs identical: {report.beam_identical:.0%} of {report.inputs}")
+        print(f"{report.status.upper()}: {report.reason}")
+    return 1 if report.passed is False else 0
 
 
 def _verify(args) -> int:
@@ -220,7 +280,9 @@ def _check(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"generate": _generate, "score": _score, "export": _export, "verify": _verify, "check": _check}
+    handlers = {"generate": _generate, "score": _score, "export": _export, "adopt": _adopt, "validate": _validate,
+                "verify": _verify, "check": _check}
+    warnings.formatwarning = _one_line_warning
     try:
         return handlers[args.command](args)
     except (OrtDecodeError, ValueError, FileNotFoundError) as exc:
@@ -233,6 +295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ortdecode: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001  (a bug, or a library failing in a way we did not foresee)
+        if os.environ.get("ORTDECODE_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else "(no message)"
+        print(f"ortdecode: internal error: {type(exc).__name__}: {message}; set ORTDECODE_DEBUG=1 for the traceback",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"ortdecode: warning: {message}\n"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import GenerationConfig
 from .errors import GenerationInterrupted, ModelFolderError
-from .manifest import Manifest, read_manifest, verify_checksums
+from .manifest import Manifest, read_manifest, validation_problem, verify_checksums
 from .numerics import check_scores, log_softmax
 from .processors import LogitsProcessor, apply_processors, build_processors
 from .results import GenerationResult, ScoreResult
@@ -45,7 +45,8 @@ def default_model_path() -> Path:
 
 
 def load(path: str | Path | None = None, provider: str = "auto", *, threads: int | None = None,
-         decoder_layout: str = "auto", session_options=None, verify: bool = True) -> "Generator":
+         decoder_layout: str = "auto", session_options=None, verify: bool = True,
+         allow_unvalidated: bool = False) -> "Generator":
     """Load an export folder made by `ortdecode export` (None: the embedded default model).
 
     provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
@@ -53,12 +54,15 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     decoder_layout: "auto" (merged decoder when exported, else the split pair), "split" or "merged".
     session_options: an onnxruntime.SessionOptions to use as-is (profiling, custom settings).
     verify: compare the sha256 of the graphs it loads with the manifest first (about 1 s per GB).
+    allow_unvalidated: load an export whose validation against PyTorch failed or did not finish (refused
+    by default), and one never validated without the `UnvalidatedExportWarning`.
 
     Everything is checked here, not at the first step: the manifest, the files it names (inside the
     folder, present, unchanged), each graph's inputs, outputs and KV shapes, the tokenizer.
     """
     folder = Path(path) if path is not None else default_model_path()
     manifest = read_manifest(folder)
+    _check_validation(folder, manifest, allow_unvalidated)
     if verify:
         verify_checksums(folder, manifest, roles=graph_roles(uses_merged_decoder(folder, manifest, decoder_layout)))
     tokenizer = TextTokenizer(folder, pad_token_id=manifest.pad_token_id)
@@ -68,6 +72,22 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     runner = Runner(folder, manifest, provider=provider, threads=threads, decoder_layout=decoder_layout,
                     session_options=session_options)
     return Generator(runner, tokenizer, defaults, manifest, folder)
+
+
+class UnvalidatedExportWarning(UserWarning):
+    """The export was never compared with PyTorch (`--no-validate`, or adopted without `--reference`)."""
+
+
+def _check_validation(folder: Path, manifest: Manifest, allow_unvalidated: bool) -> None:
+    problem = validation_problem(manifest)
+    if problem is None or allow_unvalidated:
+        return
+    kind, why = problem
+    if kind == "failed":
+        raise ModelFolderError(f"{folder}: {why}. Re-export it (with a larger --atol if these differences are "
+                               "acceptable), or load it anyway with allow_unvalidated=True / --allow-unvalidated")
+    warnings.warn(f"{folder}: {why}; `ortdecode validate {folder} --reference CHECKPOINT` checks it",
+                  UnvalidatedExportWarning, stacklevel=3)
 
 
 class Generator:

@@ -143,6 +143,9 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not folder.is_dir():
         raise ModelFolderError(f"model path {folder} is not a folder")
     path = file_in_folder(folder, MANIFEST_FILE, "manifest")
+    if not path.is_file() and (folder / "encoder_model.onnx").is_file():
+        raise ModelFolderError(f"{folder} is a plain Optimum export: run `ortdecode adopt {folder} OUT_DIR` to add "
+                               f"the {MANIFEST_FILE} and cache-reorder graph ortdecode needs")
     if not path.is_file():
         raise ModelFolderError(
             f"{folder} is not an ortdecode export: {MANIFEST_FILE} is missing (make one with `ortdecode export`)")
@@ -171,6 +174,23 @@ def read_manifest(folder: str | Path) -> Manifest:
     if missing:
         raise ModelFolderError(f"{folder}: graph files listed in {MANIFEST_FILE} are missing: {', '.join(missing)}")
     return manifest
+
+
+def validation_problem(manifest: Manifest) -> tuple[str, str] | None:
+    """What the export's validation record says against using it: ("failed", why) when the comparison with
+    PyTorch failed or did not finish, ("unvalidated", why) when it never ran; None when it passed or was
+    measured (int8 without a tolerance)."""
+    record = manifest.validation
+    status = record.get("status")
+    if record.get("passed") is False or status == "failed":
+        why = record.get("reason") or f"max |logits - PyTorch logits| = {record.get('max_abs_diff')}"
+        return "failed", f"its validation against PyTorch failed: {why}"
+    if status == "crashed" or status == "running" or (not record and manifest.export_options.get("validate")):
+        return "failed", f"its validation against PyTorch did not finish ({record.get('error', 'no result recorded')})"
+    if not record or status == "skipped":
+        return "unvalidated", "it was never compared with PyTorch (exported with --no-validate, or adopted " \
+                              "without --reference)"
+    return None
 
 
 def _check_shape_fields(path: Path, manifest: Manifest) -> None:
