@@ -43,17 +43,18 @@ def synthetic_tokenizer(size: int = T5_SMALL_TOKENIZER_SIZE, extra_ids: int = 10
 
 
 def make_random_t5(out_dir: str | Path, preset: str = "tiny-v1", *, seed: int = 0, tokenizer_dir: str | Path | None = None,
-                   initializer_factor: float = 1.0) -> Path:
+                   initializer_factor: float = 1.0, **overrides) -> Path:
     """Write a random-weight T5ForConditionalGeneration checkpoint (and tokenizer) to `out_dir`.
 
     `initializer_factor` scales transformers' init; values above 1 make the random model's next-token
-    distributions peakier, like a trained model's."""
+    distributions peakier, like a trained model's. `overrides` replace the preset's T5Config fields
+    (e.g. num_decoder_layers=3 for a deeper decoder)."""
     import torch
     from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
     if preset not in PRESETS:
         raise ValueError(f"`preset` has to be one of {', '.join(PRESETS)}, but is {preset!r}")
-    shape = dict(PRESETS[preset])
+    shape = {**PRESETS[preset], **overrides}
     if tokenizer_dir is not None:
         tokenizer = T5TokenizerFast.from_pretrained(str(tokenizer_dir))
     else:

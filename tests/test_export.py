@@ -1,6 +1,7 @@
 """The exporter: what it writes, what it records, and when it refuses."""
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -30,11 +31,15 @@ def test_manifest_records_the_export(tiny):
     ortdecode.verify_checksums(tiny.export)
 
 
-def test_validation_failure_reports_the_measured_difference(tiny_v1, tmp_path):
-    with pytest.raises(ExportError, match=r"validation failed: max \|logits - PyTorch logits\| = [0-9.e-]+ > atol 1e-12"):
+def test_validation_failure_names_atol_and_the_folder_is_kept_marked_failed(tiny_v1, tmp_path):
+    with pytest.raises(ExportError, match=r"validation failed: max \|logits - PyTorch float32 logits\| = [0-9.e-]+ > "
+                                          r"atol 1e-12 .* marked failed \(--atol sets"):
         export_model(str(tiny_v1.checkpoint), tmp_path / "strict", atol=1e-12, progress=False)
     manifest = json.loads((tmp_path / "strict" / "ortdecode.json").read_text())
-    assert manifest["validation"]["passed"] is False
+    assert manifest["validation"]["passed"] is False and manifest["validation"]["rule"] == "atol"
+    with pytest.raises(ortdecode.ModelFolderError, match="validation against PyTorch failed.*--atol.*--allow-unvalidated"):
+        ortdecode.load(tmp_path / "strict")
+    assert ortdecode.load(tmp_path / "strict", allow_unvalidated=True).generate(TEXTS[0], max_new_tokens=2).texts
 
 
 def test_int8_export_is_smaller_recorded_and_still_correct(tmp_path, default_model_dir):
@@ -92,14 +97,6 @@ def test_refuses_non_t5_models(tmp_path):
         export_model(str(tmp_path / "bart"), tmp_path / "out", progress=False)
 
 
-def test_force_overwrites(tiny_v1, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    export_model(str(tiny_v1.checkpoint), out, force=True, validate=False, progress=False)
-    assert not (out / "old.txt").exists() and (out / "ortdecode.json").exists()
-
-
 def test_cache_reorder_graph_is_a_gather_per_kv_tensor(tiny):
     manifest = ortdecode.read_manifest(tiny.export)
     graph = onnx.load(str(tiny.export / manifest.graphs["cache_reorder"].file)).graph
@@ -130,3 +127,102 @@ def test_dtype_fp16_writes_float16_cuda_graphs_with_float32_logits(tiny_v1, tmp_
         assert types.pop("logits") == float32
         assert set(types.values()) == {float16}  # the KV cache
     assert {node.domain for node in onnx.load(out / "decoder_model.onnx").graph.node} >= {"com.microsoft"}
+
+
+# ---------------------------------------------------------------- the output folder
+def test_force_replaces_a_previous_export(tiny_v1, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tiny_v1.export, out)
+    (out / "old.txt").write_text("old")
+    export_model(str(tiny_v1.checkpoint), out, force=True, validate=False, progress=False)
+    assert not (out / "old.txt").exists() and (out / "ortdecode.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder or lock file left
+
+
+@pytest.mark.parametrize("where, match", [
+    ("parent", "contains the model folder"),  # the issue's `ortdecode export sand/model sand --force`
+    ("same", "is the model folder itself"),
+    ("inside", "lies inside the model folder"),
+    ("other-files", "--force only replaces a previous ortdecode export or an empty folder"),
+])
+def test_force_never_removes_what_ortdecode_did_not_make(tiny_v1, tmp_path, where, match):
+    sand = tmp_path / "sand"
+    shutil.copytree(tiny_v1.checkpoint, sand / "model")
+    (sand / "notes.txt").write_text("mine")
+    out = {"parent": sand, "same": sand / "model", "inside": sand / "model" / "onnx", "other-files": sand}[where]
+    source = sand / "model" if where != "other-files" else tiny_v1.checkpoint
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=match):
+        export_model(str(source), out, force=True, validate=False, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_failed_export_leaves_no_folder(tiny_v1, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_v1.checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception):  # noqa: B017  (whatever transformers raises; the folder is what is tested)
+        export_model(str(broken), tmp_path / "out", validate=False, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]
+
+
+def test_a_second_concurrent_export_into_the_same_folder_is_refused(tiny_v1, tmp_path):
+    from ortdecode_export.out_dir import export_lock
+
+    out = tmp_path / "out"
+    with export_lock(out):  # another export is running (its lock is held by a different open file)
+        with pytest.raises(ValueError, match=r"another export into .*out is running"):
+            export_model(str(tiny_v1.checkpoint), out, validate=False, progress=False)
+    assert not out.exists()
+    export_model(str(tiny_v1.checkpoint), out, validate=False, progress=False)  # free again
+    assert (out / "ortdecode.json").exists()
+
+
+# ---------------------------------------------------------------- CUDA export (graphs built on CPU)
+def test_cuda_fusion_is_given_heads_times_d_kv_not_d_model(tmp_path, default_model_dir):
+    """flan-t5-small's layout in small: 3 heads x d_kv 16 = 48 != d_model 64, and 64 % 3 != 0. Given
+    d_model, ONNX Runtime's T5 fusion stopped on a bare AssertionError (`hidden_size % num_heads`)."""
+    from ortdecode_export.checkpoints import make_random_t5
+
+    checkpoint = make_random_t5(tmp_path / "ckpt", "tiny-v1.1", tokenizer_dir=default_model_dir, num_heads=3, d_kv=16,
+                                d_model=64, num_layers=1, num_decoder_layers=1)
+    manifest = export_model(str(checkpoint), tmp_path / "cuda", fp16=True, target="cuda", validate=False,
+                            progress=False)
+    assert manifest.export_options["cuda_fusion"] == "fused"
+    for role in ("encoder", "decoder", "decoder_with_past"):
+        graph = onnx.load(str(tmp_path / "cuda" / manifest.graphs[role].file)).graph
+        ops = {node.op_type for node in graph.node if node.domain == "com.microsoft"}
+        assert "SkipSimplifiedLayerNormalization" in ops
+    attention = [n for n in onnx.load(str(tmp_path / "cuda" / "encoder_model.onnx")).graph.node if n.op_type == "Attention"]
+    assert attention and all(onnx.helper.get_attribute_value(a) == 3 for n in attention for a in n.attribute
+                             if a.name == "num_heads")
+
+
+def test_fp16_export_falls_back_to_unfused_graphs_when_the_fusion_fails(tiny_v1, tmp_path, monkeypatch):
+    """The issue's failure (flan-t5-small given d_model: `hidden_size % num_heads` AssertionError) cannot be
+    made with real parameters any more, so ONNX Runtime's optimizer is made to raise it here."""
+    from ortdecode_export import ExportWarning, cuda_fusion
+
+    def failing_fusion(*args, **kwargs):
+        raise AssertionError
+
+    monkeypatch.setattr(cuda_fusion, "optimize_model", failing_fusion)
+    with pytest.warns(ExportWarning, match="T5 fusion failed \\(AssertionError: no message\\); wrote the unfused float16"):
+        manifest = export_model(str(tiny_v1.checkpoint), tmp_path / "fp16", fp16=True, target="cuda", validate=False,
+                                progress=False)
+    assert "unfused" in manifest.export_options["cuda_fusion"] and manifest.dtype == "float16"
+    for role in ("encoder", "decoder", "decoder_with_past"):
+        graph = onnx.load(str(tmp_path / "fp16" / manifest.graphs[role].file)).graph
+        assert not {node.domain for node in graph.node} & {"com.microsoft"}
+        types = {o.name: o.type.tensor_type.elem_type for o in graph.output}
+        assert types.pop("logits", onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
+        assert set(types.values()) == {onnx.TensorProto.FLOAT16}
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+                    reason="CUDA can validate here")
+def test_cuda_export_that_cannot_be_validated_here_is_refused_before_it_starts(tiny_v1, tmp_path):
+    with pytest.raises(ExportError, match="validated on ONNX Runtime's CUDA provider, which this install lacks.*"
+                                          "--no-validate"):
+        export_model(str(tiny_v1.checkpoint), tmp_path / "fp16", fp16=True, target="cuda", progress=False)
+    assert not any(tmp_path.iterdir())
