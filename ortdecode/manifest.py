@@ -182,11 +182,11 @@ def validation_problem(manifest: Manifest) -> tuple[str, str] | None:
     measured (int8 without a tolerance)."""
     record = manifest.validation
     status = record.get("status")
+    if status in ("crashed", "running") or (not record and manifest.export_options.get("validate")):
+        return "failed", f"its validation against PyTorch did not finish ({record.get('error', 'no result recorded')})"
     if record.get("passed") is False or status == "failed":
         why = record.get("reason") or f"max |logits - PyTorch logits| = {record.get('max_abs_diff')}"
         return "failed", f"its validation against PyTorch failed: {why}"
-    if status == "crashed" or status == "running" or (not record and manifest.export_options.get("validate")):
-        return "failed", f"its validation against PyTorch did not finish ({record.get('error', 'no result recorded')})"
     if not record or status == "skipped":
         return "unvalidated", "it was never compared with PyTorch (exported with --no-validate, or adopted " \
                               "without --reference)"

@@ -101,9 +101,9 @@ def test_check_passes_on_a_good_export(tiny_v1):
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:-1]] == [
-        "ok    manifest", "ok    sha256", "ok    load (split decoder)", "ok    smoke decode (split decoder)",
+        "ok    manifest", "ok    validation", "ok    sha256", "ok    load (split decoder)", "ok    smoke decode (split decoder)",
         "ok    load (merged decoder)", "ok    smoke decode (merged decoder)"]
-    assert lines[-1].endswith("all 6 checks passed")
+    assert lines[-1].endswith("all 7 checks passed")
 
 
 def test_check_reports_each_failure_and_exits_1(tiny_v1, tmp_path):
@@ -116,7 +116,54 @@ def test_check_reports_each_failure_and_exits_1(tiny_v1, tmp_path):
     run = ortdecode("check", str(copy))
     assert run.returncode == 1
     lines = run.stdout.splitlines()
-    assert "FAIL  sha256: " in lines[1] and "decoder_model_merged.onnx does not match" in lines[1]
-    assert lines[2].startswith("ok    load (split decoder)") and lines[3].startswith("ok    smoke decode (split")
-    assert lines[4].startswith("FAIL  load (merged decoder)") and "decoder_model_merged.onnx" in lines[4]
-    assert lines[-1].endswith("2 of 5 checks failed")
+    assert "FAIL  sha256: " in lines[2] and "decoder_model_merged.onnx does not match" in lines[2]
+    assert lines[3].startswith("ok    load (split decoder)") and lines[4].startswith("ok    smoke decode (split")
+    assert lines[5].startswith("FAIL  load (merged decoder)") and "decoder_model_merged.onnx" in lines[5]
+    assert lines[-1].endswith("2 of 6 checks failed")
+
+
+def test_an_unexpected_exception_is_one_line_internal_error(tiny_v1, tmp_path):
+    import os
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_v1.checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    run = ortdecode("export", str(broken), str(tmp_path / "out"), "--no-validate")
+    last = run.stderr.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("ortdecode: internal error: SafetensorError: ") and "Traceback" not in run.stderr
+    assert last.endswith("; set ORTDECODE_DEBUG=1 for the traceback")
+    assert run.returncode == 1 and not (tmp_path / "out").exists()
+    debug = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(broken), str(tmp_path / "out"),
+                            "--no-validate"], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "ORTDECODE_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_export_while_another_process_exports_into_the_same_folder(tiny_v1, tmp_path):
+    from ortdecode_export.out_dir import export_lock
+
+    with export_lock(tmp_path / "out"):
+        run = ortdecode("export", str(tiny_v1.checkpoint), str(tmp_path / "out"), "--no-validate")
+    assert_one_line_error(run, "another export into", "is running")
+    assert run.returncode == 2
+
+
+def test_failed_and_unvalidated_exports_fail_check_and_need_allow_unvalidated(tiny_v1, tmp_path):
+    import shutil
+
+    from .test_manifest import edit_manifest
+
+    failed, unvalidated = tmp_path / "failed", tmp_path / "unvalidated"
+    for folder, record in ((failed, {"status": "failed", "passed": False, "reason": "max |...| = 3 > 0.01"}),
+                           (unvalidated, {"status": "skipped"})):
+        shutil.copytree(tiny_v1.export, folder)
+        edit_manifest(folder, lambda d: d.update(validation=record))
+        run = ortdecode("check", str(folder))
+        assert run.returncode == 1 and run.stdout.splitlines()[1].startswith("FAIL  validation: "), run.stdout
+    assert_one_line_error(ortdecode("generate", "--model", str(failed), TEXTS[0]), "--atol", "--allow-unvalidated")
+    run = ortdecode("generate", "--model", str(failed), "--allow-unvalidated", "--max-new-tokens", "3", TEXTS[0])
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr
+    run = ortdecode("score", "--model", str(unvalidated), "--source", TEXTS[0], "--target", "seven")
+    assert run.returncode == 0 and run.stderr.startswith("ortdecode: warning: ") and "never compared" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

@@ -219,3 +219,32 @@ def test_external_data_outside_the_folder_is_refused(external_data_export, tmp_p
     with pytest.raises(ModelFolderError, match=message):
         ortdecode.load(external_data_export, provider="cpu", decoder_layout="split", verify=False)
     record("bad model folders refused at load", f"external data outside: {where}")
+
+
+# ---------------------------------------------------------------- the validation record
+@pytest.mark.parametrize("record, match", [
+    ({"status": "failed", "passed": False, "reason": "max |logits - float64 logits| = 3 > 0.01"},
+     "validation against PyTorch failed: max \\|logits - float64 logits\\| = 3 > 0.01.*--atol.*--allow-unvalidated"),
+    ({"passed": False, "max_abs_diff": 0.5}, "validation against PyTorch failed: .* = 0.5"),  # before the judge
+    ({"status": "crashed", "passed": False, "error": "IndexError: list index out of range"},
+     "did not finish \\(IndexError: list index out of range\\).*Re-export"),
+    ({"status": "running"}, "did not finish \\(no result recorded\\)"),
+])
+def test_an_export_whose_validation_failed_or_did_not_finish_is_refused(export_copy, record, match):
+    edit_manifest(export_copy, lambda d: d.update(validation=record))
+    with pytest.raises(ModelFolderError, match=match):
+        ortdecode.load(export_copy)
+    assert ortdecode.load(export_copy, allow_unvalidated=True).generate("spell out: 7", max_new_tokens=2).texts
+
+
+def test_an_unvalidated_export_loads_with_one_warning(export_copy, recwarn):
+    import warnings
+
+    edit_manifest(export_copy, lambda d: d.update(validation={"status": "skipped"}))
+    warnings.simplefilter("default")  # Python's default: each warning once per place
+    for _ in range(3):
+        ortdecode.load(export_copy)
+    unvalidated = [w for w in recwarn if issubclass(w.category, ortdecode.UnvalidatedExportWarning)]
+    assert len(unvalidated) == 1 and "never compared with PyTorch" in str(unvalidated[0].message)
+    ortdecode.load(export_copy, allow_unvalidated=True)
+    assert len([w for w in recwarn if issubclass(w.category, ortdecode.UnvalidatedExportWarning)]) == 1
