@@ -5,4 +5,5 @@ from .adopt import adopt_optimum_export
 from .pipeline import ExportError, ExportWarning, export_model
 from .validate import ValidationReport, validate_export
 
-__all__ = ["ExportError", "ExportWarning", "ValidationReport", "adopt_optimum_export", "export_model", "validate_export"]
+__all__ = ["ExportError", "ExportWarning", "ValidationReport", "adopt_optimum_export", "export_model",
+           "validate_export"]

@@ -34,7 +34,8 @@ def is_optimum_export(path: str | Path) -> bool:
 
 def _roles(folder: Path) -> list[str]:
     present = {role for role, file in OPTIMUM_FILES.items() if (folder / file).is_file()}
-    roles = [mf.ENCODER] + [r for r in (mf.DECODER, mf.DECODER_WITH_PAST) if {mf.DECODER, mf.DECODER_WITH_PAST} <= present]
+    pair = [mf.DECODER, mf.DECODER_WITH_PAST]
+    roles = [mf.ENCODER] + (pair if set(pair) <= present else [])
     roles += [mf.DECODER_MERGED] if mf.DECODER_MERGED in present else []
     if len(roles) == 1:
         raise ExportError(f"{folder} holds no decoder with a KV cache (decoder_with_past_model.onnx or "
@@ -86,8 +87,8 @@ def adopt_optimum_export(optimum_dir: str | Path, out_dir: str | Path, *, refere
             bar.update(1)
             failure = None
             if reference is not None:
-                manifest, failure = validate_into_manifest(manifest, staging, out_dir, lambda: _torch_model(str(reference)),
-                                                           tokenizer, provider, atol)
+                manifest, failure = validate_into_manifest(
+                    manifest, staging, out_dir, lambda: _torch_model(str(reference)), tokenizer, provider, atol)
                 bar.update(1)
             publish(staging, out_dir)
     if failure:

@@ -89,8 +89,9 @@ def teacher_forced_torch_logits(model, input_ids: np.ndarray, attention_mask: np
 def pytorch_reference(model, input_ids: np.ndarray, attention_mask: np.ndarray, steps: int):
     """PyTorch's greedy continuation (exactly `steps` tokens) and its float32 logits for every decoder position."""
     with torch.no_grad():
-        sequences = model.generate(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask),
-                                   max_new_tokens=steps, min_new_tokens=steps, do_sample=False, num_beams=1,
+        sequences = model.generate(input_ids=torch.from_numpy(input_ids),
+                                   attention_mask=torch.from_numpy(attention_mask), max_new_tokens=steps,
+                                   min_new_tokens=steps, do_sample=False, num_beams=1,
                                    **reference_generate_options(model))
     decoder_input_ids = sequences[:, :-1].numpy()
     logits = teacher_forced_torch_logits(model, input_ids, attention_mask, decoder_input_ids)

@@ -15,6 +15,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GenerationConfig", "GenerationResult", "Generator", "Manifest", "ModelFolderError", "NonFiniteLogitsError",
-    "OrtDecodeError", "ProviderError", "ScoreResult", "UnvalidatedExportWarning", "default_model_path", "load", "read_manifest",
-    "verify_checksums", "__version__",
+    "OrtDecodeError", "ProviderError", "ScoreResult", "UnvalidatedExportWarning", "default_model_path", "load",
+    "read_manifest", "verify_checksums", "__version__",
 ]

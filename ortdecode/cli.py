@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="parity report of an export against its PyTorch checkpoint; "
                                                     "exit 0 when it passes")
     validate.add_argument("model", metavar="EXPORT")
-    validate.add_argument("--reference", required=True, metavar="CKPT", help="the PyTorch checkpoint (folder or hub id)")
+    validate.add_argument("--reference", required=True, metavar="CKPT",
+                          help="the PyTorch checkpoint (folder or hub id)")
     validate.add_argument("--texts", metavar="FILE", help="inputs, one per line (default: a few sample texts)")
     validate.add_argument("--num-beams", type=int, default=4, help="beam width of the beam-identity test (default 4)")
     validate.add_argument("--max-new-tokens", type=int, default=20, help="length of the free-running outputs")
@@ -248,9 +249,11 @@ def _validate(args) -> int:
         print(f"{'step':>4}  {'vs float32':>11}  {'vs float64':>11}")
         for step, (e32, e64) in enumerate(zip(report.step_errors_float32, report.step_errors_float64)):
             print(f"{step:>4}  {e32:11.3g}  {e64:11.3g}")
-        print(f"PyTorch float32 vs float64: {report.torch_float32_vs_float64:.3g}; logits scale {report.logits_scale:.3g}")
+        print(f"PyTorch float32 vs float64: {report.torch_float32_vs_float64:.3g}; "
+              f"logits scale {report.logits_scale:.3g}")
         print(f"greedy outputs identical to transformers': {report.greedy_identical:.0%} of {report.inputs}")
-        print(f"beam search ({report.num_beams} beams) outputs identical: {report.beam_identical:.0%} of {report.inputs}")
+        print(f"beam search ({report.num_beams} beams) outputs identical: {report.beam_identical:.0%} "
+              f"of {report.inputs}")
         print(f"{report.status.upper()}: {report.reason}")
     return 1 if report.passed is False else 0
 

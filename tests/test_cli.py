@@ -101,7 +101,8 @@ def test_check_passes_on_a_good_export(tiny_v1):
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:-1]] == [
-        "ok    manifest", "ok    validation", "ok    sha256", "ok    load (split decoder)", "ok    smoke decode (split decoder)",
+        "ok    manifest", "ok    validation", "ok    sha256", "ok    load (split decoder)",
+        "ok    smoke decode (split decoder)",
         "ok    load (merged decoder)", "ok    smoke decode (merged decoder)"]
     assert lines[-1].endswith("all 7 checks passed")
 
@@ -164,6 +165,7 @@ def test_failed_and_unvalidated_exports_fail_check_and_need_allow_unvalidated(ti
     assert_one_line_error(ortdecode("generate", "--model", str(failed), TEXTS[0]), "--atol", "--allow-unvalidated")
     run = ortdecode("generate", "--model", str(failed), "--allow-unvalidated", "--max-new-tokens", "3", TEXTS[0])
     assert run.returncode == 0 and run.stdout.strip(), run.stderr
-    run = ortdecode("score", "--model", str(unvalidated), "--provider", "cpu", "--source", TEXTS[0], "--target", "seven")
+    run = ortdecode("score", "--model", str(unvalidated), "--provider", "cpu", "--source", TEXTS[0],
+                    "--target", "seven")
     assert run.returncode == 0 and run.stderr.startswith("ortdecode: warning: ") and "never compared" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

@@ -130,7 +130,8 @@ def test_an_optimum_export_is_adopted_and_decodes_like_ortdecodes_own(optimum_ex
     manifest = adopt_optimum_export(optimum_export, tmp_path / "adopted", reference=tiny_v1.checkpoint, progress=False)
     assert manifest.validation["passed"] is True and manifest.export_options["adopted_from"] == str(optimum_export)
     ours = ortdecode.load(tiny_v1.export, decoder_layout="split").generate(TEXTS, max_new_tokens=8, num_beams=2)
-    adopted = ortdecode.load(tmp_path / "adopted", decoder_layout="split").generate(TEXTS, max_new_tokens=8, num_beams=2)
+    adopted = ortdecode.load(tmp_path / "adopted", decoder_layout="split").generate(TEXTS, max_new_tokens=8,
+                                                                                    num_beams=2)
     np.testing.assert_array_equal(adopted.sequences, ours.sequences)
     assert sorted(p.name for p in optimum_export.iterdir()) == sorted(  # the Optimum folder is left as it was
         p.name for p in optimum_export.iterdir() if p.name != "ortdecode.json")
