@@ -236,8 +236,11 @@ def _validate(args) -> int:
     tools = _export_tools("validate")
     texts = None
     if args.texts:
-        with open(args.texts, encoding="utf-8") as handle:
-            texts = [line.rstrip("\n") for line in handle if line.strip()]
+        try:
+            with open(args.texts, encoding="utf-8") as handle:
+                texts = [line.rstrip("\n") for line in handle if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--texts {args.texts}: cannot read it as UTF-8 text ({exc})") from None
         if not texts:
             raise ValueError(f"--texts {args.texts} holds no text")
     report = tools.validate_export(args.model, args.reference, texts=texts, num_beams=args.num_beams,

@@ -145,3 +145,9 @@ def test_export_of_an_optimum_folder_adopts_it_unvalidated(optimum_export, tmp_p
         ortdecode.load(tmp_path / "adopted")
     with pytest.raises(ValueError, match="is an Optimum export: it is adopted as it is"):
         export_model(str(optimum_export), tmp_path / "int8", quantize="int8", progress=False)
+
+
+def test_validate_command_refuses_a_missing_texts_file(tiny_v1, tmp_path):
+    run = ortdecode_cli("validate", str(tiny_v1.export), "--reference", str(tiny_v1.checkpoint), "--texts",
+                        str(tmp_path / "missing.txt"))
+    assert run.returncode == 2 and run.stderr.startswith("ortdecode: error: --texts ") and "cannot read" in run.stderr
