@@ -206,7 +206,8 @@ class ExponentialDecayLengthPenalty:
         def penalize(values, rows):
             out = values.copy()
             eos_scores = values[:, self.eos]
-            raised = eos_scores + (np.abs(eos_scores) * growth).astype(values.dtype)
+            with np.errstate(invalid="ignore"):  # -inf + inf where EOS is masked: replaced below
+                raised = eos_scores + (np.abs(eos_scores) * growth).astype(values.dtype)
             # A masked EOS stays masked (transformers computes -inf + inf = NaN there).
             out[:, self.eos] = np.where(np.isneginf(eos_scores), -np.inf, raised)
             return out
