@@ -156,7 +156,7 @@ class GenerationConfig:
         if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
             fail("top_p", "a float in (0, 1]")
         if self.min_p is not None and not (_is_number(self.min_p) and 0 <= self.min_p <= 1):
-            fail("min_p", "a float in the [0, 1] interval, or None")
+            fail("min_p", "a float in the [0, 1] interval")
         if not (_is_number(self.typical_p) and 0 < self.typical_p <= 1):
             fail("typical_p", "a float > 0 and <= 1 (1.0 disables it)")
         for name in ("epsilon_cutoff", "eta_cutoff"):
