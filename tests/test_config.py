@@ -59,6 +59,13 @@ def test_model_generation_config_sets_the_new_processors_and_warpers(tmp_path, c
     assert config.suppress_tokens == (3,) and config.begin_suppress_tokens == (4,) and config.renormalize_logits
 
 
+def test_empty_lists_in_the_model_generation_config_mean_unset(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bad_words_ids": [], "suppress_tokens": [],
+                                                                 "sequence_bias": {}}))
+    config = GenerationConfig.from_model_folder(tmp_path)
+    assert (config.bad_words_ids, config.suppress_tokens, config.sequence_bias) == (None, None, None)
+
+
 def test_call_only_options_are_not_read_from_the_model_folder(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps({"stopping_criteria": "x",
                                                                  "prefix_allowed_tokens_fn": "y"}))
