@@ -269,7 +269,7 @@ class GenerationConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"seed", "return_logits", "return_scores", "stop",
                                                              "max_input_tokens", "truncate_input",
                                                              "prefix_allowed_tokens_fn", "stopping_criteria"}
-        values = {k: v for k, v in data.items() if k in known and v is not None and v != [] and v != {}}  # [] = unset
+        values = {k: v for k, v in data.items() if k in known and v not in (None, [], {})}  # empty: unset
         if data.get("stop_strings"):  # transformers' name for `stop`
             values["stop"] = data["stop_strings"]
         values.update({k: v for k, v in special_ids.items() if k not in values and v is not None})
