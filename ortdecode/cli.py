@@ -33,6 +33,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="load an export whose validation against PyTorch failed or did not finish")
 
 
+def token_ids(text: str) -> list[int]:
+    """'3,7,9' -> [3, 7, 9] (argparse names this function in its error: "invalid token_ids value")."""
+    return [int(part) for part in text.split(",")]
+
+
+def start_and_factor(text: str) -> tuple[int, float]:
+    """'START,FACTOR' -> (START, FACTOR), for --exponential-decay-length-penalty."""
+    start, factor = text.split(",")
+    return int(start), float(factor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ortdecode", description="Decode T5 models exported to ONNX, with ONNX Runtime.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -51,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--length-penalty", type=float)
     gen.add_argument("--repetition-penalty", type=float)
     gen.add_argument("--no-repeat-ngram-size", type=int)
+    gen.add_argument("--min-length", type=int)
+    gen.add_argument("--min-p", type=float, help="sampling: keep tokens at least MIN_P times as likely as the best")
+    gen.add_argument("--typical-p", type=float, help="sampling: locally typical sampling's mass")
+    gen.add_argument("--epsilon-cutoff", type=float, help="sampling: drop tokens less likely than this")
+    gen.add_argument("--eta-cutoff", type=float, help="sampling: eta sampling's epsilon")
+    gen.add_argument("--encoder-repetition-penalty", type=float, help="> 1 favours the tokens of the input")
+    gen.add_argument("--encoder-no-repeat-ngram-size", type=int, help="do not repeat the input's n-grams")
+    gen.add_argument("--suppress-tokens", type=token_ids, metavar="IDS", help="never generate these ids (3,7,9)")
+    gen.add_argument("--begin-suppress-tokens", type=token_ids, metavar="IDS", help="never generate these ids first")
+    gen.add_argument("--forced-bos-token-id", type=int, metavar="ID", help="the first generated token")
+    gen.add_argument("--forced-eos-token-id", type=token_ids, metavar="IDS",
+                     help="the token(s) forced last when the token budget runs out")
+    gen.add_argument("--exponential-decay-length-penalty", type=start_and_factor, metavar="START,FACTOR",
+                     help="after START tokens, EOS scores grow by |score| * (FACTOR ** k - 1)")
+    gen.add_argument("--renormalize-logits", action="store_true", default=None,
+                     help="log-softmax the scores after all processors")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--stop", action="append", metavar="TEXT", help="stop a sequence once it contains TEXT "
                                                                      "(repeatable; the text is kept)")
@@ -119,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 _GENERATE_OPTIONS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "num_beams",
                      "num_return_sequences", "length_penalty", "repetition_penalty", "no_repeat_ngram_size", "seed",
-                     "stop", "max_time", "max_input_tokens", "truncate_input")
+                     "stop", "max_time", "max_input_tokens", "truncate_input", "min_length", "min_p", "typical_p",
+                     "epsilon_cutoff", "eta_cutoff", "encoder_repetition_penalty", "encoder_no_repeat_ngram_size",
+                     "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+                     "exponential_decay_length_penalty", "renormalize_logits")
 
 
 def _stdin_lines() -> list[str]:
@@ -162,9 +192,9 @@ def _generate(args) -> int:
     from .generator import check_texts
 
     # Bad input is reported before any session starts (and before the provider notice).
-    read_manifest(args.model or default_model_path())
+    manifest = read_manifest(args.model or default_model_path())
     options = {name: getattr(args, name) for name in _GENERATE_OPTIONS if getattr(args, name) is not None}
-    GenerationConfig().for_call(**options)
+    GenerationConfig().for_call(**options).check_token_ids(manifest.vocab_size)
     texts = _read_texts(args.texts)
     check_texts(texts, "texts")
     started = time.perf_counter()

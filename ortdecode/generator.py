@@ -11,6 +11,7 @@ sessions are thread-safe, each call has its own cache, search and random generat
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -110,8 +111,9 @@ class Generator:
                  logits_processors: Sequence[LogitsProcessor] = (), **options) -> GenerationResult:
         """Generate from texts, or from token ids (int[batch, source_len], right-padded).
 
-        options: transformers' `generate` names (max_new_tokens, do_sample, num_beams, top_p, max_time, ...),
-        plus stop (strings), seed, return_logits, return_scores, max_input_tokens and truncate_input.
+        options: transformers' `generate` names (max_new_tokens, do_sample, num_beams, top_p, max_time,
+        prefix_allowed_tokens_fn, stopping_criteria, ...), plus stop (strings), seed, return_logits,
+        return_scores, max_input_tokens and truncate_input.
         logits_processors: callables (input_ids, scores) -> scores, applied after the built-in processors
         and before the sampling warpers, as in transformers.
 
@@ -137,6 +139,7 @@ class Generator:
             sequences=out.sequences,
             finish_reasons=out.finish_reasons,
             sequences_scores=out.sequences_scores,
+            beam_indices=out.beam_indices,
             logits=logits_log,
             scores=scores_log,
         )
@@ -196,7 +199,8 @@ class Generator:
         after each step (streaming reads it); the caller made the search and finalizes it."""
         # Beams (or samples) of one input are adjacent rows.
         state = self.runner.encode(input_ids, attention_mask, copies=config.rows_per_input)
-        processors = build_processors(config, prompt_length=1, user_processors=user_processors)
+        processors = build_processors(config, prompt_length=1, user_processors=user_processors,
+                                      encoder_input_ids=np.repeat(input_ids, config.rows_per_input, axis=0))
         for step in range(config.new_token_budget):
             logits = self.runner.step(state, search.next_tokens)
             check_scores(logits, step, "logits")
@@ -216,15 +220,14 @@ class Generator:
 
     def _config(self, options: dict) -> GenerationConfig:
         config = self.defaults.for_call(**options)
-        vocab = self.manifest.vocab_size
-        if not all(0 <= t < vocab for t in config.eos_token_id):
-            raise ValueError(f"`eos_token_id` has to hold token ids in [0, {vocab}), but is {list(config.eos_token_id)}")
+        config.check_token_ids(self.manifest.vocab_size)
         if config.max_input_tokens is None:
             config = config.replace(max_input_tokens=self.max_input_tokens)
         return config
 
     def _search(self, config: GenerationConfig, num_inputs: int) -> TokenSearch | BeamSearch:
-        rules = StopRules(config, model_eos=self.manifest.eos_token_id, decode=self.tokenizer.decode)
+        rules = StopRules(config, model_eos=self.manifest.eos_token_id,
+                          decode=functools.partial(self.tokenizer.decode, skip_special_tokens=False))
         return make_search(config, num_inputs=num_inputs, rng=np.random.default_rng(config.seed), rules=rules)
 
     # ------------------------------------------------------------------ inputs

@@ -12,8 +12,10 @@ class GenerationResult:
     texts: list[str]  # one per returned sequence, special tokens skipped
     sequences: np.ndarray  # int64[inputs * num_return_sequences, length], decoder start token first,
     #                        padded as transformers pads them
-    finish_reasons: list[str]  # "eos" or "length", one per sequence
+    finish_reasons: list[str]  # one per sequence: eos, length, stop, time or interrupted
     sequences_scores: np.ndarray | None = None  # float32[sequences], beam search only: length-penalized log-prob
+    beam_indices: np.ndarray | None = None  # int64[sequences, generated], beam search only: the row
+    #                    (input * num_beams + beam) each token was chosen from, -1 padded (transformers' beam_indices)
     logits: list[np.ndarray] | None = None  # per step, float32[inputs * rows_per_input, vocab] (return_logits)
     scores: list[np.ndarray] | None = None  # per step, processed scores, same shape (return_scores)
 

@@ -8,8 +8,8 @@ Both classes have the same shape (whisper's `TokenDecoder`):
 - ``next_tokens``: int64[rows], what the model is fed at the next step;
 - ``done``: whether every row has finished;
 - ``stop_running(reason)``: end every unfinished row now (an interrupt), keeping what it has;
-- ``finalize()``: the sequences transformers' `generate` would return, their beam scores, and why
-  each one ended (`stopping.REASONS`).
+- ``finalize()``: the sequences transformers' `generate` would return, their beam scores and beam
+  indices, and why each one ended (`stopping.REASONS`).
 
 Whether a token ends a sequence (EOS, extra EOS ids, stop strings, time) is `StopRules`' business.
 
@@ -35,6 +35,9 @@ class SearchOutput:
     sequences: np.ndarray  # int64[inputs * num_return_sequences, length], decoder start token first
     finish_reasons: list[str]  # one per row: "eos", "stop", "length", "time" or "interrupted"
     sequences_scores: np.ndarray | None  # float32[rows] for beam search
+    # int64[rows, generated] for beam search: the row (input * num_beams + beam) each token was chosen
+    # from, -1 after the sequence's end (transformers' beam_indices)
+    beam_indices: np.ndarray | None = None
 
 
 def sample_rows(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -89,7 +92,7 @@ class TokenSearch:
         running = self.reasons == RUNNING
         tokens = np.where(running, tokens, self.config.pad_token_id)
         self.input_ids = np.concatenate([self.input_ids, tokens[:, None]], axis=1)
-        ended = self.rules.ended(self.input_ids, rows=running)
+        ended = self.rules.ended(self.input_ids, rows=running, scores=lambda: scores)
         self.reasons = np.where(running, ended, self.reasons)
         if self.input_ids.shape[1] - 1 >= self.config.new_token_budget:
             self.stop_running(LENGTH)
@@ -139,6 +142,10 @@ class BeamSearch:
         self.running_scores = np.zeros((self.batch, self.beams), dtype=np.float32)
         self.running_scores[:, 1:] = _IMPOSSIBLE  # only the first beam is live at the start
         self.finished_seqs = self.running.copy()
+        # Per generated position, the flat row (input * beams + beam) the token was chosen from; -1 unused.
+        self.running_beam_indices = np.full((self.batch, self.beams, self.max_length - self.prompt_length), -1,
+                                            dtype=np.int64)
+        self.finished_beam_indices = self.running_beam_indices.copy()
         self.finished_scores = np.full((self.batch, self.beams), _IMPOSSIBLE, dtype=np.float32)
         self.finished_lengths = np.zeros((self.batch, self.beams), dtype=np.int64)
         self.finished_reasons = np.full((self.batch, self.beams), RUNNING, dtype=np.int8)
@@ -179,7 +186,10 @@ class BeamSearch:
         cand_token = picked % vocab
         cand_seqs = np.take_along_axis(self.running, cand_beam[:, :, None], axis=1)
         cand_seqs[:, :, self.cur_len] = cand_token
-        cand_reasons = self._candidate_reasons(cand_seqs)
+        cand_rows = cand_beam + np.arange(B)[:, None] * K
+        cand_beam_indices = np.take_along_axis(self.running_beam_indices, cand_beam[:, :, None], axis=1)
+        cand_beam_indices[:, :, self.cur_len - self.prompt_length] = cand_rows
+        cand_reasons = self._candidate_reasons(cand_seqs, lambda: scores[cand_rows.reshape(-1)])
         hits_stop = cand_reasons != RUNNING
 
         # The best unfinished candidates continue.
@@ -187,10 +197,10 @@ class BeamSearch:
         keep = _topk_indices(live_scores, K)
         self.running = np.take_along_axis(cand_seqs, keep[:, :, None], axis=1)
         self.running_scores = np.take_along_axis(live_scores, keep, axis=1)
-        source_beam = np.take_along_axis(cand_beam, keep, axis=1)
-        cache_rows = (source_beam + np.arange(B)[:, None] * K).reshape(-1)
+        self.running_beam_indices = np.take_along_axis(cand_beam_indices, keep[:, :, None], axis=1)
+        cache_rows = np.take_along_axis(cand_rows, keep, axis=1).reshape(-1)
 
-        self._update_finished(cand_seqs, cand_scores, hits_stop, cand_reasons)
+        self._update_finished(cand_seqs, cand_beam_indices, cand_scores, hits_stop, cand_reasons)
         self.cur_len += 1
         self._update_can_improve()
         improvement_possible = self.can_improve.any()
@@ -198,17 +208,19 @@ class BeamSearch:
         self._done = not (improvement_possible and open_beam and not hits_stop.all())
         return cache_rows
 
-    def _candidate_reasons(self, cand_seqs: np.ndarray) -> np.ndarray:
-        """Why each candidate would end here (transformers applies its stopping criteria to candidates)."""
+    def _candidate_reasons(self, cand_seqs: np.ndarray, cand_scores) -> np.ndarray:
+        """Why each candidate would end here (transformers applies its stopping criteria to candidates).
+        cand_scores: () -> the processed scores row each candidate's last token came from."""
         B, C = cand_seqs.shape[:2]
-        reasons = self.rules.ended(cand_seqs[:, :, :self.cur_len + 1].reshape(B * C, -1)).reshape(B, C)
+        reasons = self.rules.ended(cand_seqs[:, :, :self.cur_len + 1].reshape(B * C, -1), scores=cand_scores)
+        reasons = reasons.reshape(B, C)
         if self.cur_len + 1 >= self.max_length:
             reasons[reasons == RUNNING] = LENGTH
         elif self.rules.time_is_up():
             reasons[reasons == RUNNING] = TIME
         return reasons
 
-    def _update_finished(self, cand_seqs, cand_scores, hits_stop, cand_reasons) -> None:
+    def _update_finished(self, cand_seqs, cand_beam_indices, cand_scores, hits_stop, cand_reasons) -> None:
         cfg, K = self.config, self.beams
         among_top = np.zeros(self.candidates, dtype=bool)
         among_top[:K] = True
@@ -219,17 +231,19 @@ class BeamSearch:
         scores = scores + full.astype(np.float32) * _IMPOSSIBLE
         scores = scores + (~self.can_improve).astype(np.float32) * _IMPOSSIBLE
         scores = scores + (~just_finished).astype(np.float32) * _IMPOSSIBLE
-        self._merge_finished(cand_seqs, scores, self.cur_len + 1, just_finished, cand_reasons)
+        self._merge_finished(cand_seqs, cand_beam_indices, scores, self.cur_len + 1, just_finished, cand_reasons)
 
-    def _merge_finished(self, seqs, scores, length, just_finished, reasons) -> None:
+    def _merge_finished(self, seqs, beam_indices, scores, length, just_finished, reasons) -> None:
         """Keep the best `num_beams` of the finished hypotheses and the new ones."""
         merged_seqs = np.concatenate([self.finished_seqs, seqs], axis=1)
+        merged_beam_indices = np.concatenate([self.finished_beam_indices, beam_indices], axis=1)
         merged_scores = np.concatenate([self.finished_scores, scores], axis=1)
         merged_lengths = np.concatenate([self.finished_lengths, np.full(scores.shape, length, dtype=np.int64)], axis=1)
         merged_finished = np.concatenate([self.is_finished, just_finished], axis=1)
         merged_reasons = np.concatenate([self.finished_reasons, reasons], axis=1)
         best = _topk_indices(merged_scores, self.beams)
         self.finished_seqs = np.take_along_axis(merged_seqs, best[:, :, None], axis=1)
+        self.finished_beam_indices = np.take_along_axis(merged_beam_indices, best[:, :, None], axis=1)
         self.finished_scores = np.take_along_axis(merged_scores, best, axis=1)
         self.finished_lengths = np.take_along_axis(merged_lengths, best, axis=1)
         self.is_finished = np.take_along_axis(merged_finished, best, axis=1)
@@ -242,7 +256,8 @@ class BeamSearch:
         live = self.running_scores > _IMPOSSIBLE / 2
         scores = (self.running_scores / (generated ** self.config.length_penalty)).astype(np.float32)
         scores = np.where(live, scores, _IMPOSSIBLE).astype(np.float32)
-        self._merge_finished(self.running, scores, self.cur_len, live, np.full(live.shape, reason, dtype=np.int8))
+        self._merge_finished(self.running, self.running_beam_indices, scores, self.cur_len, live,
+                             np.full(live.shape, reason, dtype=np.int8))
         self._done = True
 
     def _update_can_improve(self) -> None:
@@ -262,8 +277,10 @@ class BeamSearch:
         lengths = self.finished_lengths[:, :n].reshape(-1)
         output_length = int(lengths.max())
         sequences = self.finished_seqs[:, :n, :output_length].reshape(-1, output_length)
+        generated = output_length - self.prompt_length
+        beam_indices = self.finished_beam_indices[:, :n, :generated].reshape(-1, generated)
         return SearchOutput(sequences=sequences, finish_reasons=reason_names(self.finished_reasons[:, :n].reshape(-1)),
-                            sequences_scores=self.finished_scores[:, :n].reshape(-1).copy())
+                            sequences_scores=self.finished_scores[:, :n].reshape(-1).copy(), beam_indices=beam_indices)
 
 
 def make_search(config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):

@@ -60,8 +60,10 @@ class TextTokenizer:
         """The vocabulary entry of one id, as stored (e.g. '▁four')."""
         return self._tokenizer.id_to_token(int(token_id))
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        text = self._tokenizer.decode([int(t) for t in token_ids], skip_special_tokens=True)
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The text of token_ids; skip_special_tokens=False keeps <pad>, </s>, <extra_id_0>... (stop strings
+        match them)."""
+        text = self._tokenizer.decode([int(t) for t in token_ids], skip_special_tokens=skip_special_tokens)
         return clean_up_tokenization(text) if self.clean_up_spaces else text
 
     def decode_batch(self, sequences: np.ndarray | Sequence[Sequence[int]]) -> list[str]:

@@ -199,6 +199,13 @@ def logits_and_options(draw):
         min_new_tokens=draw(st.integers(0, 3)),
         eos_token_id=draw(st.sampled_from([1, [1, 2]])),
         max_new_tokens=8,
+        min_p=draw(st.sampled_from([None, 0.0, 0.05, 0.5, 1.0])),
+        typical_p=draw(st.sampled_from([1.0, 0.9, 0.2, 1e-6])),
+        epsilon_cutoff=draw(st.sampled_from([0.0, 3e-4, 0.2, 0.99])),
+        eta_cutoff=draw(st.sampled_from([0.0, 2e-3, 0.5])),
+        encoder_repetition_penalty=draw(st.floats(0.1, 10)),
+        exponential_decay_length_penalty=draw(st.sampled_from([None, (0, 1.5), (2, 0.5)])),
+        renormalize_logits=draw(st.booleans()),
     )
     cur_len = draw(st.integers(1, 6))
     input_ids = draw(arrays(np.int64, (rows, cur_len), elements=st.integers(0, vocab - 1)))
@@ -212,7 +219,7 @@ def test_any_finite_logits_and_options_give_a_distribution_and_a_valid_token(cas
     logits, input_ids, options = case
     config = GenerationConfig(**options)
     scores = log_softmax(logits) if config.is_beam_search else logits
-    processed = apply_processors(build_processors(config), input_ids, scores)
+    processed = apply_processors(build_processors(config, encoder_input_ids=input_ids[:, ::-1]), input_ids, scores)
     assert not np.isnan(processed).any() and not np.isposinf(processed).any()
     if not np.isfinite(processed).any(axis=-1).all():
         # The processors banned every token the mask left (EOS before min_new_tokens, a repeated n-gram):

@@ -46,6 +46,32 @@ def test_generate_options_reach_the_engine(tiny_v1):
     assert len(json.loads(run.stdout)["results"][0]["outputs"]) == 3
 
 
+def test_generate_flags_for_transformers_processors_match_the_python_api(tiny_v1):
+    import ortdecode as api
+
+    flags = ["--suppress-tokens", "4,5", "--forced-bos-token-id", "7", "--encoder-repetition-penalty", "1.5",
+             "--exponential-decay-length-penalty", "2,1.5", "--forced-eos-token-id", "1", "--renormalize-logits",
+             "--do-sample", "--min-p", "1.0", "--typical-p", "0.99", "--epsilon-cutoff", "1e-4", "--eta-cutoff", "1e-3"]
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--max-new-tokens", "6", "--json", *flags, TEXTS[1])
+    assert run.returncode == 0, run.stderr
+    expected = api.load(tiny_v1.export, provider="cpu").generate(
+        TEXTS[1], max_new_tokens=6, suppress_tokens=[4, 5], forced_bos_token_id=7, encoder_repetition_penalty=1.5,
+        exponential_decay_length_penalty=(2, 1.5), forced_eos_token_id=[1], renormalize_logits=True, do_sample=True,
+        min_p=1.0, typical_p=0.99, epsilon_cutoff=1e-4, eta_cutoff=1e-3)
+    assert json.loads(run.stdout)["results"][0]["outputs"] == expected.texts
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--suppress-tokens", "4,x"], "argument --suppress-tokens: invalid token_ids value: '4,x'"),
+    # Checked against the manifest's vocabulary before the model loads.
+    (["--forced-bos-token-id", "999"], "`forced_bos_token_id` has to hold token ids in [0, 160), but holds [999]"),
+])
+def test_generate_flags_with_bad_values_exit_2(tiny_v1, flags, fragment):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), *flags, TEXTS[0])
+    assert run.returncode == 2
+    assert_one_line_error(run, fragment)
+
+
 def test_score(tiny_v1):
     run = ortdecode("score", "--model", str(tiny_v1.export), "--source", TEXTS[0], "--target", "seven", "--json")
     data = json.loads(run.stdout)

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import pytest
 
@@ -37,9 +38,64 @@ def test_model_generation_config_overrides_class_defaults(tmp_path):
 
 
 def test_unsupported_model_generation_fields_are_reported(tmp_path, capsys):
-    (tmp_path / "generation_config.json").write_text(json.dumps({"forced_bos_token_id": 5}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"penalty_alpha": 0.6, "forced_bos_token_id": 5}))
     GenerationConfig.from_model_folder(tmp_path)
-    assert "forced_bos_token_id" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "penalty_alpha" in err and "forced_bos_token_id" not in err
+
+
+def test_model_generation_config_sets_the_new_processors_and_warpers(tmp_path, capsys):
+    fields = {"bad_words_ids": [[5, 6], [7]], "sequence_bias": [[[8], -1.5], [[9, 10], 2.0]], "suppress_tokens": [3],
+              "begin_suppress_tokens": [4], "forced_bos_token_id": 5, "forced_eos_token_id": 1,
+              "exponential_decay_length_penalty": [4, 1.5], "encoder_repetition_penalty": 1.2,
+              "encoder_no_repeat_ngram_size": 3, "renormalize_logits": True, "min_p": 0.1, "typical_p": 0.9,
+              "epsilon_cutoff": 3e-4, "eta_cutoff": 2e-3, "do_sample": True}
+    (tmp_path / "generation_config.json").write_text(json.dumps(fields))
+    config = GenerationConfig.from_model_folder(tmp_path)
+    assert capsys.readouterr().err == ""  # nothing reported as unsupported
+    assert config.bad_words_ids == ((5, 6), (7,)) and config.sequence_bias == (((8,), -1.5), ((9, 10), 2.0))
+    assert config.forced_eos_token_id == (1,) and config.exponential_decay_length_penalty == (4, 1.5)
+    assert (config.min_p, config.typical_p, config.epsilon_cutoff, config.eta_cutoff) == (0.1, 0.9, 3e-4, 2e-3)
+    assert config.suppress_tokens == (3,) and config.begin_suppress_tokens == (4,) and config.renormalize_logits
+
+
+def test_empty_lists_in_the_model_generation_config_mean_unset(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bad_words_ids": [], "suppress_tokens": [],
+                                                                 "sequence_bias": {}}))
+    config = GenerationConfig.from_model_folder(tmp_path)
+    assert (config.bad_words_ids, config.suppress_tokens, config.sequence_bias) == (None, None, None)
+
+
+def test_call_only_options_are_not_read_from_the_model_folder(tmp_path):
+    (tmp_path / "generation_config.json").write_text(json.dumps({"stopping_criteria": "x",
+                                                                 "prefix_allowed_tokens_fn": "y"}))
+    config = GenerationConfig.from_model_folder(tmp_path)
+    assert config.stopping_criteria == () and config.prefix_allowed_tokens_fn is None
+
+
+def test_sequence_bias_accepts_transformers_dict_and_list_forms():
+    as_dict = GenerationConfig(sequence_bias={(4, 5): -2.0, (6,): 1})
+    as_list = GenerationConfig(sequence_bias=[[[4, 5], -2.0], [[6], 1.0]])
+    assert as_dict.sequence_bias == as_list.sequence_bias == (((4, 5), -2.0), ((6,), 1.0))
+
+
+@pytest.mark.parametrize("name, value", [("temperature", 0.7), ("top_p", 0.9), ("top_k", 10), ("min_p", 0.1),
+                                         ("typical_p", 0.5), ("epsilon_cutoff", 0.01), ("eta_cutoff", 0.01)])
+def test_sampling_options_without_do_sample_warn_once(name, value):
+    message = f"`do_sample` is set to `False`. However, `{name}` is set to `{value}` -- this flag is only used in"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            GenerationConfig(**{name: value})
+        GenerationConfig(do_sample=True, **{name: value})
+    assert [str(w.message).startswith(message) for w in caught] == [True]
+    assert caught[0].category is UserWarning
+
+
+def test_defaults_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GenerationConfig().for_call(num_beams=3, max_new_tokens=4)
 
 
 def test_replace_rejects_unknown_options():
@@ -65,10 +121,52 @@ def test_replace_rejects_unknown_options():
     (dict(early_stopping="sometimes"), "`early_stopping`.*sometimes"),
     (dict(seed="42"), "`seed`.*42"),
     (dict(do_sample="yes"), "`do_sample`.*yes"),
+    (dict(min_p=1.5), "`min_p` has to be a float in the \\[0, 1\\] interval.*1.5"),
+    (dict(min_p=-0.1), "`min_p`.*-0.1"),
+    (dict(typical_p=0.0), "`typical_p`.*0.0"),
+    (dict(typical_p=1.2), "`typical_p`.*1.2"),
+    (dict(epsilon_cutoff=1.0), "`epsilon_cutoff`.*1.0"),
+    (dict(epsilon_cutoff=-0.5), "`epsilon_cutoff`.*-0.5"),
+    (dict(eta_cutoff=2.0), "`eta_cutoff`.*2.0"),
+    (dict(encoder_repetition_penalty=0.0), "`encoder_repetition_penalty`.*0.0"),
+    (dict(encoder_no_repeat_ngram_size=-1), "`encoder_no_repeat_ngram_size`.*-1"),
+    (dict(bad_words_ids=[]), "`bad_words_ids`.*\\[\\]"),
+    (dict(bad_words_ids=[1, 2]), "`bad_words_ids` has to be a non-empty list of non-empty lists.*\\[1, 2\\]"),
+    (dict(bad_words_ids=[[1], []]), "`bad_words_ids`.*\\[\\[1\\], \\[\\]\\]"),
+    (dict(bad_words_ids=[[1, -3]]), "`bad_words_ids`.*-3"),
+    (dict(sequence_bias={(1,): "big"}), "`sequence_bias`.*big"),
+    (dict(sequence_bias=[[[1], float("nan")]]), "`sequence_bias`.*nan"),
+    (dict(sequence_bias=[[[], 1.0]]), "`sequence_bias`.*\\[\\[\\[\\], 1.0\\]\\]"),
+    (dict(sequence_bias={}), "`sequence_bias`.*\\{\\}"),
+    (dict(suppress_tokens=[1, "a"]), "`suppress_tokens` has to be a list of token ids.*'a'"),
+    (dict(begin_suppress_tokens=5), "`begin_suppress_tokens`.*5"),
+    (dict(forced_bos_token_id=-1), "`forced_bos_token_id`.*-1"),
+    (dict(forced_eos_token_id=[]), "`forced_eos_token_id`.*\\[\\]"),
+    (dict(forced_eos_token_id=1.5), "`forced_eos_token_id`.*1.5"),
+    (dict(exponential_decay_length_penalty=(5,)), "`exponential_decay_length_penalty`.*\\(5,\\)"),
+    (dict(exponential_decay_length_penalty=(5, -1.0)), "`exponential_decay_length_penalty`.*-1.0"),
+    (dict(exponential_decay_length_penalty=(-2, 1.5)), "`exponential_decay_length_penalty`.*-2"),
+    (dict(renormalize_logits="yes"), "`renormalize_logits`.*yes"),
+    (dict(prefix_allowed_tokens_fn=[1, 2]), "`prefix_allowed_tokens_fn`.*\\[1, 2\\]"),
+    (dict(stopping_criteria=[print, 3]), "`stopping_criteria`.*3"),
 ])
 def test_invalid_options_name_the_option_and_value(options, match):
     with pytest.raises(ValueError, match=match):
         GenerationConfig(**options)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(eos_token_id=[1, 200]), "`eos_token_id` has to hold token ids in \\[0, 160\\), but holds \\[200\\]"),
+    (dict(forced_bos_token_id=160), "`forced_bos_token_id`.*\\[160\\]"),
+    (dict(forced_eos_token_id=[1, 999]), "`forced_eos_token_id`.*\\[999\\]"),
+    (dict(suppress_tokens=[3, 170]), "`suppress_tokens`.*\\[170\\]"),
+    (dict(begin_suppress_tokens=[161]), "`begin_suppress_tokens`.*\\[161\\]"),
+    (dict(bad_words_ids=[[4, 300]]), "`bad_words_ids`.*\\[300\\]"),
+    (dict(sequence_bias={(500, 4): 1.0}), "`sequence_bias`.*\\[500\\]"),
+])
+def test_token_ids_outside_the_vocabulary_are_refused(options, match):
+    with pytest.raises(ValueError, match=match):
+        GenerationConfig(**options).check_token_ids(160)
 
 
 def test_temperature_zero_is_fine_without_sampling():
