@@ -278,8 +278,9 @@ class BatchEngine:
     def _step_running(self, keep: dict) -> list[RequestUpdate]:
         """One decoder step over the running rows of `keep`; each request advances on its slice."""
         running = [r for r in self.running if id(r) in keep]
-        self.runner.select(self.batch, self._rows_of(running, keep))  # cancelled rows leave first
-        self.running = running
+        if len(running) < len(self.running):  # cancelled rows leave first
+            self.runner.select(self.batch, self._rows_of(running, keep))
+            self.running = running
         try:
             tokens = np.concatenate([r.search.next_tokens for r in running])
             logits = self.runner.step(self.batch, tokens)

@@ -343,7 +343,11 @@ class Runner:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == state.rows and np.array_equal(rows, np.arange(state.rows)):
             return
-        past, source_length = _used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows])
+        # Padding in every kept row shows first in the oldest past column or the last source column.
+        if (state.past and not state.decoder_mask[rows, 0].all()) or not state.host_encoder_mask[rows, -1].all():
+            past, source_length = _used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows])
+        else:
+            past, source_length = state.past, state.host_encoder_mask.shape[1]
         if past < state.past or source_length < state.host_encoder_mask.shape[1]:
             joined = self.join([(state, rows)])
             state.__dict__.update(joined.__dict__)

@@ -22,6 +22,10 @@ def test_manifest_records_the_export(tiny):
     assert {"torch", "transformers", "optimum", "onnx", "onnxruntime", "ortdecode"} <= set(manifest.versions)
     assert manifest.export_options["layout"] == "both" and manifest.opset >= 13
     assert manifest.validation["passed"] is True and manifest.validation["max_abs_diff"] <= 1e-4
+    assert manifest.names.decoder_attention_mask == "attention_mask" and manifest.export_options["decoder_mask"]
+    assert 0 <= manifest.validation["joined_batch_max_abs_diff"] <= 1e-4
+    for role in ("decoder", "decoder_with_past", "decoder_merged"):
+        assert manifest.names.decoder_attention_mask in manifest.graphs[role].inputs
     for role, graph in manifest.graphs.items():
         model = onnx.load(str(tiny.export / graph.file), load_external_data=False)
         assert tuple(i.name for i in model.graph.input) == graph.inputs
