@@ -365,8 +365,9 @@ class Runner:
         left-padded with zeros to the longest past, cross caches and encoder masks right-padded to the
         longest source; columns that are padding in every row are dropped.
 
-        It builds the new tensors in host memory (on CPU the caches are host memory already: one copy
-        of each kept row; on CUDA a round trip through the host, once per joining request)."""
+        It builds the new tensors in host memory: on CPU the caches are host memory already (`numpy()` is a
+        view) and each kept row is gathered, then placed (two memory copies); on CUDA it is a round trip
+        through the host. It runs once per step in which requests join, not on the normal step path."""
         parts = [(state, np.asarray(rows, dtype=np.int64)) for state, rows in parts if len(rows)]
         used = [_used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows]) for state, rows in parts]
         past, source_length = max(u[0] for u in used), max(u[1] for u in used)
