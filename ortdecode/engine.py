@@ -82,6 +82,7 @@ class Request:
                                            user_processors=user_processors)
         self.logits_log: list[np.ndarray] | None = [] if config.return_logits else None
         self.scores_log: list[np.ndarray] | None = [] if config.return_scores else None
+        self.reports_progress = stream_text  # updates carry text deltas and token ids (served requests)
         self.stream_text = stream_text and not config.is_beam_search
         self.emitted = [""] * self.rows if self.stream_text else []
         self.steps = 0
@@ -101,7 +102,7 @@ class Request:
     def advance(self, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
         """One step on this request's logits [rows, vocab]: processors, then the search. Returns the update
         and the rows to keep (None once finished)."""
-        was_running = self._running_rows()
+        was_running = self._running_rows() if self.reports_progress else None
         check_scores(logits, self.steps, "logits")
         scores = apply_processors(self.processors, self.search.input_ids, self.search.to_scores(logits))
         check_scores(scores, self.steps, "processed scores")
@@ -122,7 +123,7 @@ class Request:
         self.search.stop_running(reason)
         return self.finish(np.zeros(self.rows, dtype=bool))
 
-    def finish(self, was_running: np.ndarray) -> RequestUpdate:
+    def finish(self, was_running: np.ndarray | None) -> RequestUpdate:
         out = self.search.finalize()
         self.result = GenerationResult(texts=self.tokenizer.decode_batch(out.sequences), sequences=out.sequences,
                                        finish_reasons=out.finish_reasons, sequences_scores=out.sequences_scores,
@@ -133,7 +134,8 @@ class Request:
                                                                                                self.emitted)]
         else:
             deltas = list(self.result.texts) if self.config.is_beam_search else [""] * len(self.result.texts)
-        return RequestUpdate(self, deltas, self._new_token_ids(was_running), True, self.result)
+        new_ids = self._new_token_ids(was_running) if was_running is not None else []
+        return RequestUpdate(self, deltas, new_ids, True, self.result)
 
     def fail(self, error: BaseException) -> RequestUpdate:
         self.error = error
@@ -144,7 +146,9 @@ class Request:
         """Which rows are still running (greedy and sampling: finished rows are fed padding)."""
         return np.zeros(self.rows, dtype=bool) if self.config.is_beam_search else self.search.reasons == RUNNING
 
-    def _update(self, was_running: np.ndarray) -> RequestUpdate:
+    def _update(self, was_running: np.ndarray | None) -> RequestUpdate:
+        if not self.reports_progress:  # `generate`: only the result matters
+            return RequestUpdate(self, [], [], False, None)
         if self.config.is_beam_search:  # beams are not final until the search ends
             outputs = self.inputs * self.config.num_return_sequences
             return RequestUpdate(self, [""] * outputs, [[] for _ in range(outputs)], False, None)
