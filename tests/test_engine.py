@@ -1,6 +1,7 @@
 """The batch engine: requests joining and leaving a running batch decode exactly as they do alone."""
 
-import warnings
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -217,3 +218,38 @@ def test_a_failing_request_reports_its_error_and_leaves_the_others_running(gener
         errors += [u.error for u in engine.step() if u.error is not None]
     assert [str(e) for e in errors] == ["processor broke"] and failing.result is None
     assert_same_result(healthy.result, generator.generate(TEXTS[0], max_new_tokens=6), "healthy")
+
+
+def test_requests_submitted_from_other_threads_while_the_engine_runs(generator):
+    """The server's shape: one thread steps the engine, client threads submit and wait."""
+    engine = BatchEngine(generator, max_batch_rows=6)
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            if engine.wait_for_work(0.05):
+                engine.step()
+
+    runner = threading.Thread(target=loop)
+    runner.start()
+    cases = [(TEXTS[i], OPTIONS[i]) for i in range(6)]
+    requests = [None] * len(cases)
+
+    def client(index):
+        requests[index] = engine.submit(cases[index][0], **cases[index][1])
+
+    try:
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(len(cases))]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        deadline = time.monotonic() + 120
+        while not all(r.finished for r in requests):
+            assert time.monotonic() < deadline, "requests did not finish"
+            stop.wait(0.02)
+    finally:
+        stop.set()
+        runner.join()
+    for request, (text, options) in zip(requests, cases):
+        assert_same_result(request.result, generator.generate(text, **options), f"{text!r} {options}")
