@@ -138,7 +138,7 @@ def _layer_names(num_layers: int) -> tuple[mf.LayerCacheNames, ...]:
 def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: bool = False,
                  quantize: str | None = None, layout: str = "split", opset: int | None = None,
                  atol: float | None = None, validate: bool = True, force: bool = False,
-                 progress: bool = True) -> mf.Manifest:
+                 progress: bool = True, decoder_mask: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
 
     The export is built beside OUT_DIR and moved into place when complete; a second export into the
@@ -146,7 +146,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
     float64 (`parity.judge`); `atol` overrides that rule with max |logits - PyTorch float32 logits| <= atol.
     int8 exports are measured, not judged, unless `atol` is given. A failed validation raises
     `ExportError` and leaves the export in OUT_DIR with `validation.passed = false` (`load` refuses it).
-    A folder written by Optimum (`optimum-cli export onnx`) is adopted as it is (`adopt_optimum_export`)."""
+    A folder written by Optimum (`optimum-cli export onnx`) is adopted as it is (`adopt_optimum_export`).
+    decoder_mask: give the decoder graphs a decoder attention mask (continuous batching needs it)."""
     from .adopt import adopt_optimum_export, is_optimum_export
 
     _check_options(target, fp16, quantize, layout)
@@ -185,8 +186,11 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                 work = Path(work)
                 from optimum.exporters.onnx import main_export
 
+                from .decoder_mask import decoder_mask_onnx_configs
+
                 main_export(model, output=work, task="text2text-generation-with-past", opset=opset,
-                            do_validation=False, no_post_process=mf.DECODER_MERGED not in roles, device="cpu")
+                            do_validation=False, no_post_process=mf.DECODER_MERGED not in roles, device="cpu",
+                            custom_onnx_configs=decoder_mask_onnx_configs(config) if decoder_mask else None)
                 advance()
                 for role in roles:
                     source, final = work / OPTIMUM_FILES[role], staging / OPTIMUM_FILES[role]
@@ -213,7 +217,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                     if (work / name).exists():
                         shutil.copy(work / name, staging / name)
             export_options = {"target": target, "fp16": fp16, "quantize": quantize, "layout": layout, "opset": opset,
-                              "atol": atol, "validate": validate}
+                              "atol": atol, "validate": validate, "decoder_mask": decoder_mask}
             if target == "cuda":
                 export_options["cuda_fusion"] = "; ".join(notes) if notes else "fused"
             manifest = write_manifest(staging, config, tokenizer, roles, source=model, dtype=dtype, target=target,
@@ -254,7 +258,7 @@ def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source:
     tokenizer.save_pretrained(folder)
     num_decoder_layers = config.num_decoder_layers or config.num_layers
     layers = _layer_names(num_decoder_layers)
-    names = mf.TensorNames()
+    names = mf.TensorNames()  # the decoder attention mask is added below when the decoder graphs take one
     write_cache_reorder_graph(folder / CACHE_REORDER_FILE, layers=list(layers), num_heads=config.num_heads,
                               d_kv=config.d_kv, dtype=dtype, indices_name=names.reorder_indices)
     graphs, graph_opset = {}, 0
@@ -265,6 +269,11 @@ def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source:
         external = {name: mf.sha256_of(path) for name, path in mf.external_data_of(folder, file).items()}
         graphs[role] = mf.GraphFile(file=file, sha256=mf.sha256_of(folder / file), inputs=inputs, outputs=outputs,
                                     external_data=external)
+    from .decoder_mask import DECODER_MASK_GRAPH_NAME
+
+    decoder_inputs = graphs[roles[1]].inputs  # the first decoder graph: split or merged
+    if DECODER_MASK_GRAPH_NAME in decoder_inputs:
+        names = dataclasses.replace(names, decoder_attention_mask=DECODER_MASK_GRAPH_NAME)
     from transformers import GenerationConfig as HFGenerationConfig
 
     try:

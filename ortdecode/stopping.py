@@ -8,7 +8,8 @@ transformers' stopping criteria, as one object the searches ask after each step:
   inside tokens, special tokens such as ``<extra_id_0>`` count with their text; it is kept in the
   output), or one of the call's `stopping_criteria` stopped the row;
 - ``length``: the token budget is spent (the searches decide this);
-- ``time``: `max_time` seconds passed since the call began (transformers' `MaxTimeCriteria`).
+- ``time``: `max_time` seconds passed since the call began (transformers' `MaxTimeCriteria`);
+- ``interrupted`` (Ctrl-C) and ``cancelled`` (a served request withdrawn) end every row from outside.
 
 Reasons are small integer codes in the searches' arrays; `REASONS` names them.
 """
@@ -20,10 +21,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import GenerationConfig
+from .config import DECODER_PROMPT_LENGTH, GenerationConfig
 
-RUNNING, EOS, STOP, LENGTH, TIME, INTERRUPTED = range(6)
-REASONS = ("running", "eos", "stop", "length", "time", "interrupted")
+RUNNING, EOS, STOP, LENGTH, TIME, INTERRUPTED, CANCELLED = range(7)
+REASONS = ("running", "eos", "stop", "length", "time", "interrupted", "cancelled")
 
 
 class StopRules:
@@ -77,7 +78,7 @@ class StopRules:
 
     def _completes_stop_string(self, sequence: np.ndarray) -> bool:
         """Whether the last token makes a stop string appear in the text (it was not there before)."""
-        tail = sequence[1:][-self.window:]  # generated tokens only: the decoder start token is not text
+        tail = sequence[DECODER_PROMPT_LENGTH:][-self.window:]  # generated tokens only: the prompt is not text
         now, before = self.decode(tail), self.decode(tail[:-1])
         return any(s in now and s not in before for s in self.stop_strings)
 
