@@ -381,7 +381,7 @@ class Typical:
             return out
         logp = log_softmax(scores[live].astype(np.float64))
         p = np.exp(logp)
-        entropy = -np.where(p > 0, logp * p, 0.0).sum(axis=-1, keepdims=True)
+        entropy = -(np.where(p > 0, logp, 0.0) * p).sum(axis=-1, keepdims=True)  # 0 * log 0 = 0, not NaN
         distance = np.abs(-logp - entropy)  # +inf for masked tokens: last in the order
         order = np.argsort(distance, axis=-1, kind="stable")
         sorted_distance = np.take_along_axis(distance, order, axis=-1)
