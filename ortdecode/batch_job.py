@@ -43,6 +43,10 @@ class JobInput:
     parameters: dict = field(default_factory=dict)  # generation options of this input, over the job's
     error: str | None = None  # why it cannot run, found when reading it
 
+    @property
+    def record_id(self) -> object:
+        return self.line if self.id is None else self.id
+
 
 @dataclass
 class JobResult:
@@ -52,7 +56,7 @@ class JobResult:
     finish_reasons: list[str] = field(default_factory=list)
     scores: list[float] | None = None  # beam search's sequences_scores, when the job asks for scores
     truncated: bool = False  # the input was cut to max_input_tokens (truncate_input)
-    error: str | None = None  # "line N: problem" when the input failed
+    error: str | None = None  # what is wrong with the input, when it failed (the record adds "line N: ")
     input_tokens: int = 0  # for throughput figures; not part of the record
     output_tokens: int = 0
 
@@ -60,7 +64,7 @@ class JobResult:
         """The JSON object written for this input."""
         record = {"line": self.line, "id": self.id}
         if self.error is not None:
-            record["error"] = self.error
+            record["error"] = f"line {self.line}: {self.error}"
             return record
         record.update(outputs=self.outputs, finish_reasons=self.finish_reasons)
         if self.scores is not None:
@@ -145,7 +149,7 @@ def _job_input(item: str | dict | JobInput, position: int) -> JobInput:
         return _checked(JobInput(line=position, text=item))
     if isinstance(item, dict):
         return _from_object(item, position)
-    return JobInput(line=position, text=None, error=f"line {position}: an input has to be a text or a dict, "
+    return JobInput(line=position, text=None, error=f"an input has to be a text or a dict, "
                                                     f"but is a {type(item).__name__}")
 
 
@@ -174,7 +178,7 @@ def _run_window(generator: Generator, window: list[JobInput], batch_tokens: int,
 
 def _prepare(generator: Generator, item: JobInput, options: dict, scores: bool) -> _Ready | JobResult:
     """Validate one input: its options, scores, its length against max_input_tokens."""
-    item_id = item.line if item.id is None else item.id
+    item_id = item.record_id
     if item.error is not None:
         return JobResult(line=item.line, id=item_id, error=item.error)
     call = {**options, **item.parameters}
@@ -182,15 +186,15 @@ def _prepare(generator: Generator, item: JobInput, options: dict, scores: bool) 
         config = generator.defaults.for_call(**call)
         hash(config)  # the batching key
     except (ValueError, TypeError) as exc:
-        return JobResult(line=item.line, id=item_id, error=f"line {item.line}: {exc}")
+        return JobResult(line=item.line, id=item_id, error=str(exc))
     if scores and not config.is_beam_search:
-        return JobResult(line=item.line, id=item_id, error=f"line {item.line}: scores need beam search "
-                                                            f"(`num_beams` > 1), but `num_beams` is {config.num_beams}")
+        return JobResult(line=item.line, id=item_id,
+                         error=f"scores need beam search (`num_beams` > 1), but `num_beams` is {config.num_beams}")
     limit = config.max_input_tokens or generator.max_input_tokens
     length = len(generator.tokenizer.encode_one(item.text))
     if length > limit and not config.truncate_input:
-        return JobResult(line=item.line, id=item_id, error=f"line {item.line}: the text has {length} tokens, more "
-                         f"than `max_input_tokens` ({limit}); raise the limit or set `truncate_input`")
+        return JobResult(line=item.line, id=item_id, error=f"the text has {length} tokens, more than "
+                         f"`max_input_tokens` ({limit}); raise the limit or set `truncate_input`")
     return _Ready(item, config, call, min(length, limit), length > limit)
 
 
@@ -206,8 +210,7 @@ def _run_batch(generator: Generator, batch: list[_Ready], scores: bool) -> list[
             return [r for ready in batch for r in _run_batch(generator, [ready], scores)]
         item = batch[0].item
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return [JobResult(line=item.line, id=item.line if item.id is None else item.id,
-                          error=f"line {item.line}: {message}")]
+        return [JobResult(line=item.line, id=item.record_id, error=message)]
     per_input = len(result.texts) // len(batch)
     generated = (result.sequences[:, 1:] != generator.manifest.pad_token_id).sum(axis=1)
     results = []
@@ -215,7 +218,7 @@ def _run_batch(generator: Generator, batch: list[_Ready], scores: bool) -> list[
         rows = slice(row * per_input, (row + 1) * per_input)
         item = ready.item
         results.append(JobResult(
-            line=item.line, id=item.line if item.id is None else item.id, outputs=result.texts[rows],
+            line=item.line, id=item.record_id, outputs=result.texts[rows],
             finish_reasons=result.finish_reasons[rows], truncated=ready.truncated,
             scores=[float(s) for s in result.sequences_scores[rows]] if scores else None,
             input_tokens=ready.length, output_tokens=int(generated[rows].sum())))
@@ -227,23 +230,23 @@ def _checked(item: JobInput) -> JobInput:
     try:
         check_texts([item.text], "text")
     except ValueError as exc:
-        item.error = f"line {item.line}: {str(exc).replace('`text[0]`', 'the text')}"
+        item.error = f"{str(exc).replace('`text[0]`', 'the text')}"
     return item
 
 
 def _from_object(data, line: int) -> JobInput:
     if not isinstance(data, dict):
-        return JobInput(line, None, error=f"line {line}: a JSON line has to be an object with \"text\", "
+        return JobInput(line, None, error=f"a JSON line has to be an object with \"text\", "
                                           f"but is a {type(data).__name__}")
     item_id = data.get("id")
     if isinstance(item_id, (dict, list)):
-        return JobInput(line, None, error=f"line {line}: \"id\" has to be a string or a number")
+        return JobInput(line, None, error="\"id\" has to be a string or a number")
     text, parameters = data.get("text"), data.get("parameters", {})
     if not isinstance(text, str):
         problem = "is missing" if text is None else f"has to be a string, but is a {type(text).__name__}"
-        return JobInput(line, None, item_id, error=f"line {line}: \"text\" {problem}")
+        return JobInput(line, None, item_id, error=f"\"text\" {problem}")
     if not isinstance(parameters, dict):
-        return JobInput(line, None, item_id, error=f"line {line}: \"parameters\" has to be an object of "
+        return JobInput(line, None, item_id, error=f"\"parameters\" has to be an object of "
                                                    f"generation options, but is a {type(parameters).__name__}")
     return _checked(JobInput(line, text, item_id, parameters))
 
@@ -253,16 +256,16 @@ def parse_line(raw: bytes, line: int, json_lines: bool) -> JobInput:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return JobInput(line, None, error=f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+        return JobInput(line, None, error=f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
                                           f"offset {exc.start})")
     if not json_lines:
         return _checked(JobInput(line, text))
     if not text.strip():
-        return JobInput(line, None, error=f"line {line}: empty line (a JSON object was expected)")
+        return JobInput(line, None, error="empty line (a JSON object was expected)")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return JobInput(line, None, error=f"line {line}: not JSON ({exc.msg} at column {exc.colno})")
+        return JobInput(line, None, error=f"not JSON ({exc.msg} at column {exc.colno})")
     return _from_object(data, line)
 
 

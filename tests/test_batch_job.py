@@ -79,7 +79,7 @@ def test_scores_are_beam_search_sequence_scores(generator):
                                              scores=True, num_beams=4, num_return_sequences=2)
     expected = generator.generate("ordinal: 12", num_beams=4, num_return_sequences=2).sequences_scores
     assert result.scores == pytest.approx(expected.tolist())
-    assert greedy.error == "line 2: scores need beam search (`num_beams` > 1), but `num_beams` is 1"
+    assert greedy.error == "scores need beam search (`num_beams` > 1), but `num_beams` is 1"
 
 
 BAD_INPUTS = [  # (input, error fragment)
@@ -99,7 +99,7 @@ BAD_INPUTS = [  # (input, error fragment)
 @pytest.mark.parametrize("bad, message", BAD_INPUTS, ids=[m.split(": ", 1)[1][:30] for _, m in BAD_INPUTS])
 def test_a_bad_input_becomes_an_error_record_and_the_job_goes_on(generator, bad, message, record):
     results = list(generator.generate_iter(["ordinal: 1", bad, "ordinal: 3"]))
-    assert results[1].error.startswith(message) and results[1].to_record()["line"] == 2
+    assert results[1].to_record()["error"].startswith(message) and results[1].to_record()["line"] == 2
     assert "outputs" not in results[1].to_record()
     assert [r.outputs for r in results[::2]] == [generator.generate(t).texts for t in ("ordinal: 1", "ordinal: 3")]
     record("batch job: bad inputs reported as error records", message.split(": ", 1)[1][:40])
