@@ -58,7 +58,7 @@ class JobResult:
     truncated: bool = False  # the input was cut to max_input_tokens (truncate_input)
     error: str | None = None  # what is wrong with the input, when it failed (the record adds "line N: ")
     input_tokens: int = 0  # for throughput figures; not part of the record
-    output_tokens: int = 0
+    output_tokens: int = 0  # tokens generated, padding not counted
 
     def to_record(self) -> dict:
         """The JSON object written for this input."""
@@ -122,9 +122,15 @@ def generate_iter(generator: Generator, inputs: Iterable[str | dict | JobInput],
     `generate(text, seed=...)` gives, whatever the batching.
     scores: add beam search's `sequences_scores` to each result (inputs without beam search fail).
     """
+    # Checked now, not at the first next(): a bad job-wide option is the caller's error, not every input's.
     check_job_options(batch_tokens=batch_tokens, batch_size=batch_size, read_ahead=read_ahead)
-    generator.defaults.for_call(**options)  # a bad job-wide option is the caller's error, not every input's
-    read_ahead = read_ahead or READ_AHEAD_BATCHES * batch_size
+    generator.defaults.for_call(**options)
+    return _windows(generator, inputs, read_ahead or READ_AHEAD_BATCHES * batch_size, batch_tokens, batch_size,
+                    scores, options)
+
+
+def _windows(generator: Generator, inputs: Iterable, read_ahead: int, batch_tokens: int, batch_size: int,
+             scores: bool, options: dict) -> Iterator[JobResult]:
     window: list[JobInput] = []
     for position, item in enumerate(inputs, start=1):
         window.append(_job_input(item, position))
@@ -220,7 +226,7 @@ def _run_batch(generator: Generator, batch: list[_Ready], scores: bool) -> list[
         results.append(JobResult(
             line=item.line, id=item.record_id, outputs=result.texts[rows],
             finish_reasons=result.finish_reasons[rows], truncated=ready.truncated,
-            scores=[float(s) for s in result.sequences_scores[rows]] if scores else None,
+            scores=[float(f"{s:.8g}") for s in result.sequences_scores[rows]] if scores else None,  # float32
             input_tokens=ready.length, output_tokens=int(generated[rows].sum())))
     return results
 

@@ -112,9 +112,11 @@ def test_truncated_inputs_are_marked(generator):
 
 def test_bad_job_options_raise(generator):
     with pytest.raises(ValueError, match="`batch_tokens` has to be an integer >= 1, but is 0"):
-        list(generator.generate_iter(["ordinal: 1"], batch_tokens=0))
+        generator.generate_iter(["ordinal: 1"], batch_tokens=0)  # at the call, before any input is read
+    with pytest.raises(ValueError, match="`read_ahead` has to be an integer >= 1, but is True"):
+        generator.generate_iter(["ordinal: 1"], read_ahead=True)
     with pytest.raises(ValueError, match="`num_beams` has to be an integer >= 1, but is 0"):
-        list(generator.generate_iter(["ordinal: 1"], num_beams=0))
+        generator.generate_iter(["ordinal: 1"], num_beams=0)
 
 
 def test_job_input_objects_keep_their_line_and_id(generator):
