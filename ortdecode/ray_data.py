@@ -42,6 +42,14 @@ def model_sha256(folder: str | Path) -> str:
     return hashlib.sha256((Path(folder) / "ortdecode.json").read_bytes()).hexdigest()
 
 
+def check_model_sha256(model: str | Path | None, sha256: str) -> None:
+    """Refuse an export (None: the embedded default model) whose manifest is not the expected one."""
+    found = model_sha256(model if model is not None else default_model_path())
+    if found != sha256:
+        raise ModelFolderError(f"{model}: the export's manifest has sha256 {found}, not the expected {sha256} "
+                               "(a different or changed export on this node)")
+
+
 def _actor_cpus() -> int:
     import ray
 
@@ -65,10 +73,7 @@ class Generate:
                  threads: int | None = None, provider: str = "cpu", batch_tokens: int = DEFAULT_BATCH_TOKENS,
                  batch_size: int = DEFAULT_BATCH_SIZE):
         if sha256 is not None:
-            found = model_sha256(model if model is not None else default_model_path())
-            if found != sha256:
-                raise ModelFolderError(f"{model}: the export's manifest has sha256 {found}, not the expected {sha256} "
-                                       "(a different or changed export on this node)")
+            check_model_sha256(model, sha256)
         self.generator = load(model, provider=provider, threads=threads or _actor_cpus())
         self.options = dict(options or {})
         self.generator.defaults.for_call(**self.options)  # bad options fail the actor at start, not every row
