@@ -203,3 +203,43 @@ def test_a_job_killed_mid_run_resumes_without_loss_or_duplicates(tmp_path, gener
     assert f"(after {done} written by an earlier run)" in rerun.stderr
     expected = [r.to_record() for r in generator.generate_iter(texts)]
     assert read_records(output) == expected
+
+
+def stderr_on_a_terminal(command) -> str:
+    """Run `command` with stderr on a pseudo-terminal; what it wrote there."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
+    chunks = []
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=300, check=False)
+    os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_unless_quiet(tmp_path):
+    source = write_lines(tmp_path / "in.txt", number_texts(20, seed=4))
+    base = [sys.executable, "-m", "ortdecode.cli", "generate", "--input", str(source), "--provider", "cpu"]
+    shown = stderr_on_a_terminal(base + ["--output", str(tmp_path / "a.jsonl")])
+    assert "20/20" in shown and "input/s" in shown and "tokens/s" in shown
+    quiet = stderr_on_a_terminal(base + ["--output", str(tmp_path / "b.jsonl"), "--quiet"])
+    assert "input/s" not in quiet and "ortdecode: 20 inputs in " in quiet
