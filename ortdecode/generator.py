@@ -110,21 +110,6 @@ class Generator:
             raise GenerationInterrupted(self._result(search, logits_log, scores_log)) from None
         return self._result(search, logits_log, scores_log)
 
-    def generate_iter(self, inputs, **job_options):
-        """Generate for many inputs (texts or {"id", "text", "parameters"} dicts, any iterable), in
-        length-bucketed token-budget batches with a bounded read-ahead; yields one `JobResult` per input,
-        in input order. A bad input gives a result with `error` set; the others go on. See `batch_job`."""
-        from .batch_job import generate_iter
-
-        return generate_iter(self, inputs, **job_options)
-
-    def generate_file(self, input_path: str, output_path: str, **job_options):
-        """`generate_iter` from a JSON Lines or plain text file ("-": stdin) to a JSON Lines file, resumable:
-        rerun with the same output file to continue an interrupted job. Returns a `JobSummary`."""
-        from .batch_job import generate_file
-
-        return generate_file(self, input_path, output_path, **job_options)
-
     def _result(self, search, logits_log, scores_log) -> GenerationResult:
         out = search.finalize()
         return GenerationResult(
@@ -182,6 +167,21 @@ class Generator:
         token_logprobs = [logprobs[row, np.arange(len(ids)), ids] for row, ids in enumerate(labels)]
         kept_logits = [logits[row, :len(ids)].copy() for row, ids in enumerate(labels)] if return_logits else None
         return ScoreResult(tokens=labels, token_logprobs=token_logprobs, logits=kept_logits)
+
+    def generate_iter(self, inputs, **job_options):
+        """Generate for many inputs (texts or {"id", "text", "parameters"} dicts, any iterable), in
+        length-bucketed token-budget batches with a bounded read-ahead; yields one `JobResult` per input,
+        in input order. A bad input gives a result with `error` set; the others go on. See `batch_job`."""
+        from .batch_job import generate_iter
+
+        return generate_iter(self, inputs, **job_options)
+
+    def generate_file(self, input_path: str, output_path: str, **job_options):
+        """`generate_iter` from a JSON Lines or plain text file ("-": stdin) to a JSON Lines file, resumable:
+        rerun with the same output file to continue an interrupted job. Returns a `JobSummary`."""
+        from .batch_job import generate_file
+
+        return generate_file(self, input_path, output_path, **job_options)
 
     # ------------------------------------------------------------------ the loop
     def _decode(self, search: TokenSearch | BeamSearch, input_ids: np.ndarray, attention_mask: np.ndarray,
