@@ -1,6 +1,6 @@
 # The two set-up commands of the README. Each creates .venv on first use (Python >= 3.10 on PATH as python3).
 #   make demo   generation with the embedded default model (runtime only: numpy, onnxruntime, tokenizers)
-#   make test   the test suite (adds torch, transformers, Optimum, pytest; the CPU torch build, < 2.14)
+#   make test   the test suite (adds torch, transformers, Optimum, pytest, Ray; the CPU torch build, < 2.14)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -16,7 +16,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test,ray]"
 	touch $(VENV)/.runtime $@
 
 demo: $(VENV)/.runtime
@@ -26,7 +26,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
 $(VENV)/.bench: pyproject.toml | $(VENV)/.dev
-	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test,ray,bench]"
 	touch $@
 
 bench: $(VENV)/.bench

@@ -4,7 +4,8 @@ Errors print one line on stderr, never a traceback (set ORTDECODE_DEBUG=1 for on
 exceptions, as "internal error". Exit status: 0 success; 1 the model folder, the provider or the export
 failed (or `check` / `validate` found a problem, or an internal error);
 2 a bad request: a malformed command line, an invalid option, an empty or too long text, stdin that
-is not UTF-8; 130 interrupted by Ctrl-C (what was generated so far is printed first).
+is not UTF-8; 3 a file job (`generate --input`) finished but some inputs failed (error records in its
+output); 130 interrupted by Ctrl-C (what was generated so far is printed first).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate text for each TEXT ('-' reads lines from stdin)")
     _add_model_options(gen)
-    gen.add_argument("texts", nargs="+", metavar="TEXT")
+    gen.add_argument("texts", nargs="*", metavar="TEXT")
     gen.add_argument("--max-new-tokens", type=int)
     gen.add_argument("--min-new-tokens", type=int)
     gen.add_argument("--do-sample", action="store_true", default=None)
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-v", "--verbose", action="store_true", help="say on stderr when the model is loaded")
     gen.add_argument("--stream", action="store_true", help="print tokens as they are decoded (one TEXT at a time)")
     gen.add_argument("--json", action="store_true", help="print one JSON object with every output")
+    job = gen.add_argument_group("file mode (instead of TEXT): one JSON line per input, in input order, resumable")
+    job.add_argument("--input", metavar="FILE", help="JSON Lines ({\"id\", \"text\", \"parameters\"}) or plain "
+                                                    "text lines; '-' reads stdin")
+    job.add_argument("--output", metavar="FILE", help="JSON Lines results; an existing one is resumed")
+    job.add_argument("--batch-tokens", type=int, metavar="N", help="padded input tokens per batch (default 4096)")
+    job.add_argument("--batch-size", type=int, metavar="N", help="inputs per batch (default 64)")
+    job.add_argument("--scores", action="store_true", help="add beam search's sequence scores to each record")
+    job.add_argument("--quiet", action="store_true", help="no progress bar")
 
     score = commands.add_parser("score", help="log-probability of TARGET given SOURCE (teacher forcing)")
     _add_model_options(score)
@@ -195,6 +204,10 @@ def _generate(args) -> int:
     manifest = read_manifest(args.model or default_model_path())
     options = {name: getattr(args, name) for name in _GENERATE_OPTIONS if getattr(args, name) is not None}
     GenerationConfig().for_call(**options).check_token_ids(manifest.vocab_size)
+    if args.input is not None or args.output is not None:
+        return _generate_file(args, options)
+    if not args.texts:
+        raise ValueError("generate needs TEXT arguments, or --input FILE --output FILE")
     texts = _read_texts(args.texts)
     check_texts(texts, "texts")
     started = time.perf_counter()
@@ -217,6 +230,45 @@ def _generate(args) -> int:
         raise
     _print_outputs(texts, result, args, generator, options)
     return 0
+
+
+def _generate_file(args, options: dict) -> int:
+    """File mode: exit status 0 when every input succeeded, 3 when some became error records."""
+    from . import load
+    from .batch_job import check_job_options, count_lines
+
+    if args.texts or args.stream or args.json or args.input is None or args.output is None:
+        raise ValueError("file mode takes --input FILE and --output FILE, and no TEXT, --stream or --json")
+    job = {name: getattr(args, name) for name in ("batch_tokens", "batch_size") if getattr(args, name) is not None}
+    check_job_options(**job)
+    generator = load(args.model, provider=args.provider, threads=args.threads)
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is optional at run time: then only the summary line
+            tqdm = None
+        if tqdm is not None:
+            bar = tqdm(total=count_lines(args.input), unit="input", file=sys.stderr, dynamic_ncols=True)
+    tokens = [0, time.perf_counter()]
+
+    def on_result(result) -> None:
+        tokens[0] += result.output_tokens
+        bar.update()
+        bar.set_postfix_str(f"{tokens[0] / (time.perf_counter() - tokens[1]):.0f} tokens/s", refresh=False)
+
+    try:
+        summary = generator.generate_file(args.input, args.output, scores=args.scores,
+                                          on_result=on_result if bar else None, **job, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = max(summary.seconds, 1e-9)
+    resumed = f" (after {summary.resumed} written by an earlier run)" if summary.resumed else ""
+    print(f"ortdecode: {summary.inputs} inputs{resumed} in {summary.seconds:.1f} s, {summary.inputs / seconds:.1f} "
+          f"inputs/s, {summary.output_tokens / seconds:.0f} tokens/s; {summary.failed} failed"
+          + (f" (error records in {args.output})" if summary.failed else ""), file=sys.stderr)
+    return 3 if summary.failed else 0
 
 
 def _score(args) -> int:

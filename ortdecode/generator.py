@@ -182,6 +182,21 @@ class Generator:
         kept_logits = [logits[row, :len(ids)].copy() for row, ids in enumerate(labels)] if return_logits else None
         return ScoreResult(tokens=labels, token_logprobs=token_logprobs, logits=kept_logits)
 
+    def generate_iter(self, inputs, **job_options):
+        """Generate for many inputs (texts or {"id", "text", "parameters"} dicts, any iterable), in
+        length-bucketed token-budget batches with a bounded read-ahead; yields one `JobResult` per input,
+        in input order. A bad input gives a result with `error` set; the others go on. See `batch_job`."""
+        from .batch_job import generate_iter
+
+        return generate_iter(self, inputs, **job_options)
+
+    def generate_file(self, input_path: str, output_path: str, **job_options):
+        """`generate_iter` from a JSON Lines or plain text file ("-": stdin) to a JSON Lines file, resumable:
+        rerun with the same output file to continue an interrupted job. Returns a `JobSummary`."""
+        from .batch_job import generate_file
+
+        return generate_file(self, input_path, output_path, **job_options)
+
     # ------------------------------------------------------------------ options and inputs
     def _config(self, options: dict) -> GenerationConfig:
         config = self.defaults.for_call(**options)

@@ -108,3 +108,17 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{section}{total}:")
         for key, value in entries.items():
             terminalreporter.write_line(f"    {key}: {value}")
+
+
+# ---------------------------------------------------------------- Ray
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the Ray tests: 2 CPUs, bound to 127.0.0.1, no dashboard, no usage stats."""
+    import os
+
+    ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'ortdecode[ray]'")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
