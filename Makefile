@@ -16,7 +16,7 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test,serve]"
 	touch $(VENV)/.runtime $@
 
 demo: $(VENV)/.runtime
@@ -26,7 +26,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
 
 $(VENV)/.bench: pyproject.toml | $(VENV)/.dev
-	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,export,test,serve,bench]"
 	touch $@
 
 bench: $(VENV)/.bench
