@@ -147,12 +147,13 @@ def _layer_names(num_layers: int) -> tuple[mf.LayerCacheNames, ...]:
 def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: bool = False,
                  quantize: str | None = None, layout: str = "split", opset: int | None = None,
                  atol: float | None = None, validate: bool = True, force: bool = False,
-                 progress: bool = True) -> mf.Manifest:
+                 progress: bool = True, decoder_mask: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
 
     Raises `ExportError` when the export's logits differ from PyTorch's by more than `atol` (default:
     1e-4 for float32, 5e-2 for float16; int8 exports are compared and reported, not judged, unless
-    `atol` is given). The failed export stays in OUT_DIR with `validation.passed = false`."""
+    `atol` is given). The failed export stays in OUT_DIR with `validation.passed = false`.
+    decoder_mask: give the decoder graphs a decoder attention mask (continuous batching needs it)."""
     _check_options(target, fp16, quantize, layout)
     out_dir = Path(out_dir)
     model = str(model)
@@ -181,8 +182,11 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             work = Path(work)
             from optimum.exporters.onnx import main_export
 
+            from .decoder_mask import DECODER_MASK_GRAPH_NAME, decoder_mask_onnx_configs
+
             main_export(model, output=work, task="text2text-generation-with-past", opset=opset,
-                        do_validation=False, no_post_process=mf.DECODER_MERGED not in roles, device="cpu")
+                        do_validation=False, no_post_process=mf.DECODER_MERGED not in roles, device="cpu",
+                        custom_onnx_configs=decoder_mask_onnx_configs(config) if decoder_mask else None)
             advance()
             for role in roles:
                 source, final = work / OPTIMUM_FILES[role], out_dir / OPTIMUM_FILES[role]
@@ -211,7 +215,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
 
         num_decoder_layers = config.num_decoder_layers or config.num_layers
         layers = _layer_names(num_decoder_layers)
-        names = mf.TensorNames()
+        names = mf.TensorNames(decoder_attention_mask=DECODER_MASK_GRAPH_NAME if decoder_mask else None)
         write_cache_reorder_graph(out_dir / CACHE_REORDER_FILE, layers=list(layers), num_heads=config.num_heads,
                                   d_kv=config.d_kv, dtype=dtype, indices_name=names.reorder_indices)
         graphs, graph_opset = {}, 0
@@ -237,7 +241,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             decoder_start_token_id=config.decoder_start_token_id, dtype=dtype, target=target,
             quantization="int8-dynamic" if quantize else None, opset=graph_opset, versions=_versions(),
             export_options={"target": target, "fp16": fp16, "quantize": quantize, "layout": layout,
-                            "opset": opset, "atol": atol})
+                            "opset": opset, "atol": atol, "decoder_mask": decoder_mask})
         manifest.write(out_dir)
         advance()
         if validate:

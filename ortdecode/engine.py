@@ -1,9 +1,20 @@
-"""TEMPORARY STAND-IN for the batch engine (ENGINE_API.md), written by the server helper to develop
-`ortdecode serve` against while the real continuous-batching engine (branch wip/engine) is being built.
+"""The batch engine: ortdecode's one decoding loop, over a running batch of requests.
 
-It implements the interface with no batching at all: one request runs at a time, one decoder step per
-`step()` call, through `Generator`'s own decoding loop. It is replaced by the real ortdecode/engine.py
-when that lands; nothing here is meant to stay.
+Each request owns its rows (its beams or samples, adjacent in the batch), its options, processors,
+search, stop rules, random generator and deadline. `BatchEngine.step` is the loop's body; read it first:
+
+1. requests that were cancelled leave; waiting requests that fit are admitted;
+2. ONE decoder step over every running row; each request advances on its slice of the logits;
+3. each admitted request runs its own encoder pass and first decoder step and advances on it;
+4. the batch is rebuilt in one runner call: finished requests' rows leave, beams are reordered,
+   newcomers join (their self cache left-padded, `Runner.join`).
+
+A request's tokens do not depend on its neighbours: its processors and search see only its rows, its
+random generator is its own, and the decoder attention mask keeps padded cache positions out of its
+attention. Exports without that mask batch statically: a batch starts only when the last one ended.
+
+`Generator.generate` and `Generator.stream` are this loop with one request holding every row of the call.
+The engine is synchronous: one thread calls `step`; `submit` and `cancel` may come from any thread.
 """
 
 from __future__ import annotations
@@ -11,178 +22,341 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .config import GenerationConfig
 from .errors import OrtDecodeError
+from .numerics import check_scores
+from .processors import LogitsProcessor, apply_processors, build_processors
 from .results import GenerationResult
-from .stopping import INTERRUPTED
+from .search import make_search
+from .stopping import CANCELLED, RUNNING, TIME, StopRules
+
+if TYPE_CHECKING:
+    from .generator import Generator
+    from .runner import DecoderState
 
 
 class QueueFullError(OrtDecodeError):
-    """The waiting queue is full."""
+    """The waiting queue is full (`max_waiting`): try again later."""
 
 
 class EngineClosedError(OrtDecodeError):
-    """close() was called: the engine admits no more requests."""
+    """The engine was closed and admits no new requests."""
 
 
 @dataclass
 class RequestUpdate:
     request: "Request"
-    text_deltas: list[str]
-    new_token_ids: list[list[int]]
+    text_deltas: list[str]  # per output sequence: text newly decodable since the last update
+    new_token_ids: list[list[int]]  # per output sequence: the token ids this step produced
     finished: bool
-    result: GenerationResult | None
-    error: BaseException | None = None
+    result: GenerationResult | None  # when finished
+    error: BaseException | None = None  # an internal failure of this request
 
 
 class Request:
-    def __init__(self, request_id: str, config: GenerationConfig, input_ids, attention_mask, logits_processors):
+    """One call's decoding state: its inputs, options, processors, search and what it has streamed.
+    Rows of one input are adjacent; `rows` stays fixed while the request runs."""
+
+    def __init__(self, request_id: str, config: GenerationConfig, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 generator: "Generator", user_processors: Sequence[LogitsProcessor], stream_text: bool):
         self.request_id = request_id
         self.config = config
         self.input_ids, self.attention_mask = input_ids, attention_mask
-        self.logits_processors = logits_processors
         self.input_length = int(attention_mask.sum())
-        self.rows = config.rows_per_input
+        self.inputs = len(input_ids)
+        self.rows = self.inputs * config.rows_per_input
         self.created = time.monotonic()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
-        self.cancelled = False
+        self.tokenizer = generator.tokenizer
+        rules = StopRules(config, model_eos=generator.manifest.eos_token_id, decode=self.tokenizer.decode)
+        self.search = make_search(config, num_inputs=self.inputs, rng=np.random.default_rng(config.seed), rules=rules)
+        self.processors = build_processors(config, prompt_length=self.search.prompt_length,
+                                           user_processors=user_processors)
+        self.logits_log: list[np.ndarray] | None = [] if config.return_logits else None
+        self.scores_log: list[np.ndarray] | None = [] if config.return_scores else None
+        self.stream_text = stream_text and not config.is_beam_search
+        self.emitted = [""] * self.rows if self.stream_text else []
+        self.steps = 0
+        self.cancel_requested = False
+        self.result: GenerationResult | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def tokens(self) -> int:
+        """What the request counts against `max_batch_tokens`: its input plus its new-token budget."""
+        return self.input_length + self.config.new_token_budget
+
+    def advance(self, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
+        """One step on this request's logits [rows, vocab]: processors, then the search. Returns the update
+        and the rows to keep (None once finished)."""
+        was_running = self._running_rows()
+        check_scores(logits, self.steps, "logits")
+        scores = apply_processors(self.processors, self.search.input_ids, self.search.to_scores(logits))
+        check_scores(scores, self.steps, "processed scores")
+        if self.logits_log is not None:
+            self.logits_log.append(logits)
+        if self.scores_log is not None:
+            self.scores_log.append(scores)
+        kept = self.search.advance(scores)
+        self.steps += 1
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if self.search.done:
+            return self.finish(), None
+        return self._update(was_running), kept
+
+    def stop(self, reason: int) -> RequestUpdate:
+        """End every unfinished row now (cancelled, timed out while waiting)."""
+        self.search.stop_running(reason)
+        return self.finish()
+
+    def finish(self) -> RequestUpdate:
+        out = self.search.finalize()
+        self.result = GenerationResult(texts=self.tokenizer.decode_batch(out.sequences), sequences=out.sequences,
+                                       finish_reasons=out.finish_reasons, sequences_scores=out.sequences_scores,
+                                       logits=self.logits_log, scores=self.scores_log)
+        self.finished_at = time.monotonic()
+        if self.stream_text:
+            deltas = [text[len(done):] if text.startswith(done) else "" for text, done in zip(self.result.texts,
+                                                                                               self.emitted)]
+        else:
+            deltas = list(self.result.texts) if self.config.is_beam_search else [""] * len(self.result.texts)
+        return RequestUpdate(self, deltas, [[] for _ in self.result.texts], True, self.result)
+
+    def fail(self, error: BaseException) -> RequestUpdate:
+        self.error = error
+        self.finished_at = time.monotonic()
+        return RequestUpdate(self, [], [], True, None, error)
+
+    def _running_rows(self) -> np.ndarray:
+        """Which rows are still running (greedy and sampling: finished rows are fed padding)."""
+        return np.zeros(0, dtype=bool) if self.config.is_beam_search else self.search.reasons == RUNNING
+
+    def _update(self, was_running: np.ndarray) -> RequestUpdate:
+        if self.config.is_beam_search:  # beams are not final until the search ends
+            outputs = self.inputs * self.config.num_return_sequences
+            return RequestUpdate(self, [""] * outputs, [[] for _ in range(outputs)], False, None)
+        tokens = self.search.next_tokens
+        new_ids = [[int(tokens[row])] if was_running[row] else [] for row in range(self.rows)]
+        return RequestUpdate(self, self._text_deltas(), new_ids, False, None)
+
+    def _text_deltas(self) -> list[str]:
+        """Text newly decodable per row, holding back an incomplete multi-byte character and text a
+        later token could still rewrite (`Generator.stream`'s rules)."""
+        if not self.stream_text:
+            return [""] * self.rows
+        deltas = []
+        for row, sequence in enumerate(self.search.input_ids):
+            decoded = self.tokenizer.decode(sequence)
+            if decoded.endswith("\ufffd") or not decoded.startswith(self.emitted[row]):
+                deltas.append("")
+                continue
+            deltas.append(decoded[len(self.emitted[row]):])
+            self.emitted[row] = decoded
+        return deltas
 
 
 class BatchEngine:
-    def __init__(self, generator, *, max_batch_rows: int = 16, max_batch_tokens: int = 8192, max_waiting: int = 64,
-                 continuous: bool | None = None):
+    def __init__(self, generator: "Generator", *, max_batch_rows: int = 16, max_batch_tokens: int = 8192,
+                 max_waiting: int = 64, continuous: bool | None = None):
+        """continuous=None: join running batches when the export has a decoder attention mask, else
+        static batches (a new batch starts only when the running one has finished)."""
+        for name, value in (("max_batch_rows", max_batch_rows), ("max_batch_tokens", max_batch_tokens),
+                            ("max_waiting", max_waiting)):
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"`{name}` has to be an integer >= 1, but is {value!r}")
         self.generator = generator
+        self.runner = generator.runner
         self.limits = {"max_batch_rows": max_batch_rows, "max_batch_tokens": max_batch_tokens,
                        "max_waiting": max_waiting}
-        self.continuous = False
+        if continuous is not False and not self.runner.has_decoder_mask:
+            warnings.warn(f"{generator.folder}: the export has no decoder attention mask; batches are static "
+                          "(requests wait for the running batch to finish). Export it again for continuous "
+                          "batching.", stacklevel=2)
+        self.continuous = continuous is not False and self.runner.has_decoder_mask
+        self.batch: DecoderState | None = None
+        self.running: list[Request] = []  # in batch row order
+        self.waiting: deque[Request] = deque()
+        self.closed = False
         self.last_step_seconds = 0.0
-        self._waiting: deque[Request] = deque()
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._closed = False
+        self._work = threading.Condition()
         self._ids = itertools.count()
-        self._current = None  # (request, search, decode iterator, emitted texts, logged token count)
 
     # ------------------------------------------------------------------ introspection
     @property
     def running_requests(self) -> int:
-        return 1 if self._current else 0
+        return len(self.running)
 
     @property
     def running_rows(self) -> int:
-        return self._current[0].rows if self._current else 0
+        return sum(r.rows for r in self.running)
 
     @property
     def waiting_requests(self) -> int:
-        return len(self._waiting)
+        return len(self.waiting)
 
-    # ------------------------------------------------------------------ verbs
-    def submit(self, text=None, *, input_ids=None, logits_processors=(), request_id=None, **options) -> Request:
-        generator = self.generator
-        config = generator._config(options)
-        if isinstance(text, (list, tuple)) or (input_ids is not None and np.asarray(input_ids).shape[0] != 1):
-            raise ValueError("a request takes one input: one text or input_ids of shape [1, length]")
-        ids, mask = generator._inputs(text, input_ids, None, config)
-        if config.rows_per_input > self.limits["max_batch_rows"]:
-            raise ValueError(f"the request needs {config.rows_per_input} rows (num_beams / num_return_sequences), "
-                             f"more than the batch holds (max_batch_rows={self.limits['max_batch_rows']})")
-        tokens = int(mask.sum()) + config.new_token_budget
-        if tokens > self.limits["max_batch_tokens"]:
-            raise ValueError(f"the request needs {tokens} tokens (input + max_new_tokens), more than the batch "
-                             f"holds (max_batch_tokens={self.limits['max_batch_tokens']})")
-        with self._lock:
-            if self._closed:
-                raise EngineClosedError("the engine is closed: it admits no more requests")
-            if len(self._waiting) >= self.limits["max_waiting"]:
+    # ------------------------------------------------------------------ requests in and out (any thread)
+    def submit(self, text: str | None = None, *, input_ids=None, logits_processors: Sequence[LogitsProcessor] = (),
+               request_id: str | None = None, **options) -> Request:
+        """Queue one input (a text, or input_ids int[1, len]) with `Generator.generate`'s options. Validates
+        now: ValueError names the option at fault. Raises QueueFullError, EngineClosedError."""
+        config = self.generator._config(options)
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"`submit` takes one text (str), but got {type(text).__name__}")
+        ids, mask = self.generator._inputs(text, input_ids, None, config)
+        if len(ids) != 1:
+            raise ValueError(f"`submit` takes one input, but `input_ids` has {len(ids)} rows")
+        return self.add(ids, mask, config, logits_processors, request_id, stream_text=True)
+
+    def add(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
+            logits_processors: Sequence[LogitsProcessor] = (), request_id: str | None = None,
+            stream_text: bool = False) -> Request:
+        """Queue checked inputs (int64[inputs, len], every row of a `generate` call) with a checked config."""
+        request = Request(request_id or f"req-{next(self._ids)}", config, input_ids, attention_mask, self.generator,
+                          logits_processors, stream_text)
+        if request.rows > self.limits["max_batch_rows"]:
+            raise ValueError(f"the request needs {request.rows} decoder rows (`num_beams` or `num_return_sequences`),"
+                             f" more than the engine's max_batch_rows ({self.limits['max_batch_rows']})")
+        if request.tokens > self.limits["max_batch_tokens"]:
+            raise ValueError(f"the request counts {request.tokens} tokens (input + `max_new_tokens`), more than the "
+                             f"engine's max_batch_tokens ({self.limits['max_batch_tokens']})")
+        with self._work:
+            if self.closed:
+                raise EngineClosedError("the engine is closed and admits no new requests")
+            if len(self.waiting) >= self.limits["max_waiting"]:
                 raise QueueFullError(f"the waiting queue is full ({self.limits['max_waiting']} requests)")
-            request = Request(request_id or f"req-{next(self._ids)}", config, ids, mask, tuple(logits_processors))
-            self._waiting.append(request)
+            self.waiting.append(request)
             self._work.notify_all()
         return request
 
     def cancel(self, request: Request) -> None:
-        request.cancelled = True
-        with self._lock:
+        """Its rows leave the batch at the next step; it finishes with reason "cancelled"."""
+        request.cancel_requested = True
+        with self._work:
             self._work.notify_all()
 
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-
     def wait_for_work(self, timeout: float) -> bool:
-        with self._lock:
-            return self._work.wait_for(lambda: self._current or self._waiting, timeout)
+        with self._work:
+            return self._work.wait_for(lambda: bool(self.waiting or self.running), timeout=timeout)
 
-    def step(self) -> list:
+    def close(self) -> None:
+        with self._work:
+            self.closed = True
+
+    # ------------------------------------------------------------------ the loop (one thread)
+    def step(self) -> list[RequestUpdate]:
+        """One iteration: cancelled requests leave, waiting ones are admitted, one decoder step runs over
+        every running row, each request advances on its slice, the batch is rebuilt. Returns one update
+        per request that changed; [] at once when idle."""
         started = time.perf_counter()
-        with self._lock:
-            cancelled = [r for r in self._waiting if r.cancelled]
-            for request in cancelled:
-                self._waiting.remove(request)
-            if self._current is None and self._waiting:
-                self._current = self._start(self._waiting.popleft())
-        updates = [self._cancelled_update(r) for r in cancelled]
-        if self._current is not None:
-            updates.append(self._advance())
-            self.last_step_seconds = time.perf_counter() - started
+        updates = [r.stop(CANCELLED) for r in self.running if r.cancel_requested]
+        keep = {id(r): np.arange(r.rows) for r in self.running if not r.cancel_requested}
+        admitted, refused = self._admit()
+        updates += refused
+        if not keep and not admitted and not updates:
+            return []
+        if keep:
+            updates += self._step_running(keep)
+        joining = [(request, state, rows) for request in admitted
+                   for state, rows in [self._first_step(request, updates)] if rows is not None]
+        self._rebuild(keep, joining)
+        self.last_step_seconds = time.perf_counter() - started
         return updates
 
-    # ------------------------------------------------------------------ one request at a time
-    def _start(self, request: Request):
-        g = self.generator
-        search = g._search(request.config, 1)
-        loop = g._decode(search, request.input_ids, request.attention_mask, request.config, request.logits_processors,
-                         None, None)
-        return [request, search, loop, [""] * request.config.num_return_sequences]
-
-    def _advance(self) -> RequestUpdate:
-        request, search, loop, emitted = self._current
-        g = self.generator
-        finished = request.cancelled
+    def _step_running(self, keep: dict) -> list[RequestUpdate]:
+        """One decoder step over the running rows of `keep`; each request advances on its slice."""
+        running = [r for r in self.running if id(r) in keep]
+        self.runner.select(self.batch, self._rows_of(running, keep))  # cancelled rows leave first
+        self.running = running
         try:
-            if request.cancelled:
-                search.stop_running(INTERRUPTED)
+            tokens = np.concatenate([r.search.next_tokens for r in running])
+            logits = self.runner.step(self.batch, tokens)
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed: every request reports it
+            keep.clear()
+            return [r.fail(exc) for r in running]
+        updates, offset = [], 0
+        for request in running:
+            update, kept = self._advance(request, logits[offset:offset + request.rows])
+            updates.append(update)
+            if kept is None:
+                del keep[id(request)]
             else:
-                next(loop)
-                finished = search.done
-        except StopIteration:
-            finished = True
-        except Exception as exc:  # an internal failure of this request
-            self._current = None
-            request.finished_at = time.monotonic()
-            return RequestUpdate(request, [], [], True, None, error=exc)
-        if request.first_token_at is None:
-            request.first_token_at = time.monotonic()
-        new_ids = [[int(t)] for t in search.input_ids[:, -1]] if not request.config.is_beam_search else []
-        if not finished:
-            if request.config.is_beam_search:
-                return RequestUpdate(request, [""], [], False, None)
-            deltas = []
-            for i, row in enumerate(search.input_ids):
-                decoded = g.tokenizer.decode(row)
-                if decoded.endswith("\ufffd") or not decoded.startswith(emitted[i]):
-                    deltas.append("")
-                    continue
-                deltas.append(decoded[len(emitted[i]):])
-                emitted[i] = decoded
-            return RequestUpdate(request, deltas, new_ids[:len(deltas)], False, None)
-        result = g._result(search, None, None)
-        if request.cancelled:
-            result.finish_reasons = ["cancelled"] * len(result.finish_reasons)
-        deltas = [text[len(e):] if text.startswith(e) else text for text, e in zip(result.texts, emitted)]
-        self._current = None
-        request.finished_at = time.monotonic()
-        return RequestUpdate(request, deltas, new_ids[:len(deltas)], True, result)
+                keep[id(request)] = kept
+            offset += request.rows
+        return updates
 
-    def _cancelled_update(self, request: Request) -> RequestUpdate:
-        n = request.config.num_return_sequences
-        result = GenerationResult(texts=[""] * n, sequences=np.full((n, 1), request.config.decoder_start_token_id),
-                                  finish_reasons=["cancelled"] * n)
-        request.finished_at = time.monotonic()
-        return RequestUpdate(request, [""] * n, [[] for _ in range(n)], True, result)
+    def _first_step(self, request: Request, updates: list) -> tuple["DecoderState | None", np.ndarray | None]:
+        """The request's own encoder pass and first decoder step; one row per input, widened to its rows."""
+        try:
+            state = self.runner.encode(request.input_ids, request.attention_mask)
+            logits = self.runner.step(state, request.search.next_tokens[::request.config.rows_per_input])
+        except Exception as exc:  # noqa: BLE001
+            updates.append(request.fail(exc))
+            return None, None
+        copies = np.repeat(np.arange(request.inputs), request.config.rows_per_input)
+        update, kept = self._advance(request, logits[copies])
+        updates.append(update)
+        return state, (None if kept is None else copies[kept])
+
+    def _advance(self, request: Request, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
+        try:
+            return request.advance(logits)
+        except Exception as exc:  # noqa: BLE001 - this request's failure (a processor, non-finite scores)
+            return request.fail(exc), None
+
+    def _rebuild(self, keep: dict, joining: list) -> None:
+        """Finished rows leave, beams reorder, newcomers join: one runner call."""
+        staying = [r for r in self.running if id(r) in keep]
+        parts = [(self.batch, self._rows_of(staying, keep))] if staying else []
+        parts += [(state, rows) for _, state, rows in joining]
+        self.running = staying + [request for request, _, _ in joining]
+        if not parts:
+            self.batch = None
+        elif len(parts) == 1:
+            self.runner.select(*parts[0])
+            self.batch = parts[0][0]
+        else:
+            self.batch = self.runner.join(parts)
+
+    def _rows_of(self, requests: list[Request], keep: dict) -> np.ndarray:
+        """Batch rows to keep: each request's kept rows, shifted to where its rows lie in the batch."""
+        offsets = {}
+        offset = 0
+        for request in self.running:
+            offsets[id(request)] = offset
+            offset += request.rows
+        return np.concatenate([keep[id(r)] + offsets[id(r)] for r in requests]).astype(np.int64)
+
+    def _admit(self) -> tuple[list[Request], list[RequestUpdate]]:
+        """Waiting requests that fit, first come first served; static batches only start when empty."""
+        admitted, refused = [], []
+        rows = sum(r.rows for r in self.running)
+        tokens = sum(r.tokens for r in self.running)
+        with self._work:
+            if not self.continuous and self.running:
+                return admitted, refused
+            while self.waiting:
+                request = self.waiting[0]
+                if request.cancel_requested or request.search.rules.time_is_up():
+                    self.waiting.popleft()
+                    refused.append(request.stop(CANCELLED if request.cancel_requested else TIME))
+                    continue
+                if rows + request.rows > self.limits["max_batch_rows"] or \
+                        tokens + request.tokens > self.limits["max_batch_tokens"]:
+                    break
+                self.waiting.popleft()
+                admitted.append(request)
+                rows, tokens = rows + request.rows, tokens + request.tokens
+        return admitted, refused

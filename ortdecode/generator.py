@@ -1,9 +1,10 @@
 """`load` and the `Generator`: generate, stream and score on an exported T5.
 
-The decoding loop is `Generator._decode`; read it first. Per step: the runner returns the logits of
-the last position, the search turns them into scores (log-probs for beam search), the processors
-apply transformers' rules, the search picks the next tokens and, for beam search, says which cache
-rows survive; the runner reorders its cache on the device.
+The decoding loop is `BatchEngine.step` (engine.py); `generate` and `stream` run it with one request
+holding every row of the call. Per step: the runner returns the logits of the last position, the
+search turns them into scores (log-probs for beam search), the processors apply transformers' rules,
+the search picks the next tokens and says which cache rows continue; the runner reorders its cache
+on the device.
 
 A `Generator` holds no per-call state: one instance serves many threads at once (ONNX Runtime's
 sessions are thread-safe, each call has its own cache, search and random generator).
@@ -18,14 +19,14 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .config import GenerationConfig
+from .engine import BatchEngine
 from .errors import GenerationInterrupted, ModelFolderError
 from .manifest import Manifest, read_manifest, verify_checksums
 from .numerics import check_scores, log_softmax
-from .processors import LogitsProcessor, apply_processors, build_processors
+from .processors import LogitsProcessor
 from .results import GenerationResult, ScoreResult
 from .runner import Runner, graph_roles, uses_merged_decoder
-from .search import BeamSearch, TokenSearch, make_search
-from .stopping import INTERRUPTED, StopRules
+from .stopping import INTERRUPTED
 from .tokenizer import TextTokenizer
 
 DEFAULT_MODEL_NAME = "t5-numbers"
@@ -99,27 +100,15 @@ class Generator:
         that carries the result so far in `.result`."""
         config = self._config(options)
         input_ids, attention_mask = self._inputs(texts, input_ids, attention_mask, config)
-        logits_log: list[np.ndarray] | None = [] if config.return_logits else None
-        scores_log: list[np.ndarray] | None = [] if config.return_scores else None
-        search = self._search(config, len(input_ids))
+        engine, request = self._engine_for_one_call(input_ids, attention_mask, config, logits_processors, False)
         try:
-            for _ in self._decode(search, input_ids, attention_mask, config, logits_processors, logits_log, scores_log):
-                pass
+            while not request.finished:
+                engine.step()
         except KeyboardInterrupt:
-            search.stop_running(INTERRUPTED)
-            raise GenerationInterrupted(self._result(search, logits_log, scores_log)) from None
-        return self._result(search, logits_log, scores_log)
-
-    def _result(self, search, logits_log, scores_log) -> GenerationResult:
-        out = search.finalize()
-        return GenerationResult(
-            texts=self.tokenizer.decode_batch(out.sequences),
-            sequences=out.sequences,
-            finish_reasons=out.finish_reasons,
-            sequences_scores=out.sequences_scores,
-            logits=logits_log,
-            scores=scores_log,
-        )
+            raise GenerationInterrupted(request.stop(INTERRUPTED).result) from None
+        if request.error is not None:
+            raise request.error
+        return request.result
 
     def stream(self, text: str, *, logits_processors: Sequence[LogitsProcessor] = (), **options) -> Iterator[str]:
         """Yield the text of one generation piece by piece, as tokens are decoded (greedy or sampling)."""
@@ -130,16 +119,19 @@ class Generator:
         if not isinstance(text, str):
             raise ValueError(f"`stream` takes one text (str), but got {type(text).__name__}")
         input_ids, attention_mask = self._inputs(text, None, None, config)
-        emitted = ""
-        search = self._search(config, 1)
-        for _ in self._decode(search, input_ids, attention_mask, config, logits_processors, None, None):
-            decoded = self.tokenizer.decode(search.input_ids[0])
-            # Hold back an incomplete multi-byte character, and text a later token could still rewrite.
-            if decoded.endswith("\ufffd") or not decoded.startswith(emitted):
-                continue
-            if len(decoded) > len(emitted):
-                yield decoded[len(emitted):]
-                emitted = decoded
+        engine, request = self._engine_for_one_call(input_ids, attention_mask, config, logits_processors, True)
+        while not request.finished:
+            for update in engine.step():
+                if update.error is not None:
+                    raise update.error
+                yield from (delta for delta in update.text_deltas if delta)
+
+    def _engine_for_one_call(self, input_ids, attention_mask, config, logits_processors, stream_text: bool):
+        """The batch engine with one request holding every row of a `generate` or `stream` call."""
+        rows = len(input_ids) * config.rows_per_input
+        engine = BatchEngine(self, max_batch_rows=rows, max_batch_tokens=int(attention_mask.sum()) +
+                             config.new_token_budget, max_waiting=1, continuous=False)
+        return engine, engine.add(input_ids, attention_mask, config, logits_processors, stream_text=stream_text)
 
     def score(self, sources: str | Sequence[str], targets: str | Sequence[str], *,
               return_logits: bool = False) -> ScoreResult:
@@ -168,32 +160,7 @@ class Generator:
         kept_logits = [logits[row, :len(ids)].copy() for row, ids in enumerate(labels)] if return_logits else None
         return ScoreResult(tokens=labels, token_logprobs=token_logprobs, logits=kept_logits)
 
-    # ------------------------------------------------------------------ the loop
-    def _decode(self, search: TokenSearch | BeamSearch, input_ids: np.ndarray, attention_mask: np.ndarray,
-                config: GenerationConfig, user_processors: Sequence[LogitsProcessor], logits_log: list | None,
-                scores_log: list | None) -> Iterator[TokenSearch | BeamSearch]:
-        """Encode once, then one decoder step per new token until every row is done. Yields the search
-        after each step (streaming reads it); the caller made the search and finalizes it."""
-        # Beams (or samples) of one input are adjacent rows.
-        state = self.runner.encode(input_ids, attention_mask, copies=config.rows_per_input)
-        processors = build_processors(config, prompt_length=1, user_processors=user_processors)
-        for step in range(config.new_token_budget):
-            logits = self.runner.step(state, search.next_tokens)
-            check_scores(logits, step, "logits")
-            scores = apply_processors(processors, search.input_ids, search.to_scores(logits))
-            check_scores(scores, step, "processed scores")
-            if logits_log is not None:
-                logits_log.append(logits)
-            if scores_log is not None:
-                scores_log.append(scores)
-            kept_rows = search.advance(scores)
-            if search.done:
-                yield search
-                return
-            if kept_rows is not None:
-                self.runner.reorder_cache(state, kept_rows)
-            yield search
-
+    # ------------------------------------------------------------------ options and inputs
     def _config(self, options: dict) -> GenerationConfig:
         config = self.defaults.for_call(**options)
         vocab = self.manifest.vocab_size
@@ -203,11 +170,6 @@ class Generator:
             config = config.replace(max_input_tokens=self.max_input_tokens)
         return config
 
-    def _search(self, config: GenerationConfig, num_inputs: int) -> TokenSearch | BeamSearch:
-        rules = StopRules(config, model_eos=self.manifest.eos_token_id, decode=self.tokenizer.decode)
-        return make_search(config, num_inputs=num_inputs, rng=np.random.default_rng(config.seed), rules=rules)
-
-    # ------------------------------------------------------------------ inputs
     def _inputs(self, texts, input_ids, attention_mask, config: GenerationConfig) -> tuple[np.ndarray, np.ndarray]:
         if texts is not None:
             if input_ids is not None or attention_mask is not None:

@@ -62,6 +62,8 @@ class TensorNames:
     use_cache_branch: str = "use_cache_branch"
     logits: str = "logits"
     reorder_indices: str = "beam_idx"
+    # int64[rows, past + 1] in the decoder graphs; None in exports made before it existed (static batching only)
+    decoder_attention_mask: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The model runner: the only place that knows about ONNX Runtime.
 
-It offers three verbs to the decoding loop (whisper's `Inference`):
+It offers four verbs to the decoding loop (whisper's `Inference`, TGI's batch verbs):
 
-- ``encode(input_ids, attention_mask) -> DecoderState``: run the encoder once;
-- ``step(state, tokens) -> logits``: one decoder step, float32[rows, vocab] on the host;
-- ``reorder_cache(state, rows)``: keep/duplicate cache rows after a beam-search step;
+- ``encode(input_ids, attention_mask) -> DecoderState``: run the encoder once, one row per input;
+- ``step(state, tokens) -> logits``: one decoder step over every row, float32[rows, vocab] on the host;
+- ``select(state, rows)``: keep, duplicate and reorder rows (beam search, samples, requests leaving);
+- ``join([(state, rows), ...]) -> DecoderState``: rows of several states in one batch (requests joining);
 
 plus ``teacher_forced_logits`` for scoring without generation.
 
@@ -12,7 +13,8 @@ Every decoder step uses IO binding. The KV cache lives in `OrtValue`s on the exe
 device (the GPU on CUDA) and is fed back from step to step without leaving it; the cross-attention
 KV is computed by the first step and bound as-is afterwards; only the logits [rows, vocab] are copied
 to the host. Beam reordering runs a Gather graph on the same device. On CPU the `OrtValue`s are host
-memory and the logits come back as a zero-copy NumPy view.
+memory and the logits come back as a zero-copy NumPy view. Rows that joined at different steps share a
+batch through the decoder attention mask (left-padded self cache), when the export has one.
 """
 
 from __future__ import annotations
@@ -95,20 +97,28 @@ def graph_roles(uses_merged: bool) -> list[str]:
 
 @dataclass
 class DecoderState:
-    """What one generate call keeps between decoder steps. Tensors are `OrtValue`s on the runner's
-    device. Each input owns `copies` adjacent decoder rows (its beams or samples): rows = inputs * copies."""
+    """The decoder rows of a running batch, between steps (TGI's `Seq2SeqLMBatch`). KV tensors are
+    `OrtValue`s on the runner's device; the masks are kept on the host too, to extend, pad and trim them.
 
-    inputs: int
-    copies: int
-    encoder_hidden: ort.OrtValue  # [inputs, source_len, d_model]
-    encoder_mask: ort.OrtValue  # int64[inputs, source_len]; [rows, source_len] after the first step
-    host_mask: np.ndarray  # the same mask on the host, to widen it after the first step
+    Rows may come from different requests that joined at different steps: a row's self-attention cache
+    is left-padded to the batch's `past` length (`decoder_mask` 0 there), its cross-attention cache and
+    encoder mask right-padded to the longest source (`host_encoder_mask` 0 there)."""
+
+    encoder_hidden: ort.OrtValue | None  # [inputs, source_len, d_model]; None once the first step has run
+    encoder_mask: ort.OrtValue  # int64[rows, source_len]
+    host_encoder_mask: np.ndarray  # the same on the host
+    sources: np.ndarray  # int64[rows]: which encoder input each row decodes (rows of one input share its cross cache)
+    decoder_mask: np.ndarray  # int64[rows, past]: 1 where a row has a cached token, 0 for left padding
     self_cache: list[ort.OrtValue] = field(default_factory=list)  # key, value per layer: [rows, heads, past, d_kv]
     cross_cache: list[ort.OrtValue] = field(default_factory=list)  # key, value per layer: [rows, heads, src, d_kv]
 
     @property
     def rows(self) -> int:
-        return self.inputs * self.copies
+        return len(self.sources)
+
+    @property
+    def past(self) -> int:
+        return self.decoder_mask.shape[1]
 
 
 class Runner:
@@ -143,6 +153,7 @@ class Runner:
         # plain memory copy between decoder steps: with its own spinning pool it would steal the cores
         # the next step needs (measured: a 32-row t5-small step went from 22 to 38 ms on 2 cores).
         self.cache_reorder = self._session(mf.CACHE_REORDER, options=self._single_thread_options())
+        self._no_encoder_output: ort.OrtValue | None = None
         self._check_names()
 
     # ---------------------------------------------------------------- sessions
@@ -219,16 +230,17 @@ class Runner:
         self._reorder_out = [name for l in layers for name in (l.reorder_out_key, l.reorder_out_value)]
         checks = [(mf.ENCODER, self.encoder, [n.encoder_input_ids, n.encoder_attention_mask], [n.encoder_output]),
                   (mf.CACHE_REORDER, self.cache_reorder, [n.reorder_indices] + self._reorder_in, self._reorder_out)]
+        mask = [n.decoder_attention_mask] if self.has_decoder_mask else []
         if self.uses_merged:
             checks.append((mf.DECODER_MERGED, self.decoder_merged,
                            [n.decoder_input_ids, n.decoder_encoder_attention_mask, n.decoder_encoder_hidden_states,
-                            n.use_cache_branch] + past_self + past_cross, [n.logits] + present_self + present_cross))
+                            n.use_cache_branch] + mask + past_self + past_cross, [n.logits] + present_self + present_cross))
         else:
             checks.append((mf.DECODER, self.decoder_first,
-                           [n.decoder_input_ids, n.decoder_encoder_attention_mask, n.decoder_encoder_hidden_states],
-                           [n.logits] + present_self + present_cross))
+                           [n.decoder_input_ids, n.decoder_encoder_attention_mask, n.decoder_encoder_hidden_states]
+                           + mask, [n.logits] + present_self + present_cross))
             checks.append((mf.DECODER_WITH_PAST, self.decoder_with_past,
-                           [n.decoder_input_ids, n.decoder_encoder_attention_mask] + past_self + past_cross,
+                           [n.decoder_input_ids, n.decoder_encoder_attention_mask] + mask + past_self + past_cross,
                            [n.logits] + present_self))
         for role, session, inputs, outputs in checks:
             mf.check_session(self.manifest, role, session.get_inputs(), session.get_outputs(), inputs, outputs)
@@ -246,18 +258,27 @@ class Runner:
         for name in names:
             binding.bind_output(name, self.device_type, self.device_id)
 
+    @property
+    def _unused_encoder_output(self) -> ort.OrtValue:
+        if self._no_encoder_output is None:
+            self._no_encoder_output = self._to_device(np.zeros((1, 1, self.manifest.d_model), self.float_type))
+        return self._no_encoder_output
+
     def _empty_past(self, rows: int) -> np.ndarray:
         m = self.manifest
         return np.zeros((rows, m.num_heads, 0, m.d_kv), dtype=self.float_type)
 
     # ---------------------------------------------------------------- verbs
-    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray, copies: int = 1) -> DecoderState:
-        """Run the encoder. input_ids, attention_mask: int64[inputs, source_len]; each input will be decoded
-        in `copies` adjacent rows (beams, samples).
+    @property
+    def has_decoder_mask(self) -> bool:
+        """Whether the decoder graphs take a decoder attention mask: rows that joined at different steps
+        can then share a batch. Without it only rows of equal past length can (static batching)."""
+        return self.names.decoder_attention_mask is not None
 
-        The encoder and the first decoder step run once per input; the first step's caches are then
-        copied to every row on the device (transformers runs both on every row). The merged decoder's
-        later steps keep binding the one-row-per-input encoder output, which their branch never reads."""
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> DecoderState:
+        """Run the encoder. input_ids, attention_mask: int64[inputs, source_len]. The state has one row per
+        input until the caller widens it with `select` (beams and samples of one input share one
+        encoder pass and one first decoder step; transformers runs both on every row)."""
         n = self.names
         inputs = input_ids.shape[0]
         host_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
@@ -267,25 +288,29 @@ class Runner:
         binding.bind_ortvalue_input(n.encoder_attention_mask, mask)
         self._bind_outputs_on_device(binding, [n.encoder_output])
         self.encoder.run_with_iobinding(binding)
-        return DecoderState(inputs=inputs, copies=copies, encoder_hidden=binding.get_outputs()[0], encoder_mask=mask,
-                            host_mask=host_mask)
+        return DecoderState(encoder_hidden=binding.get_outputs()[0], encoder_mask=mask, host_encoder_mask=host_mask,
+                            sources=np.arange(inputs, dtype=np.int64), decoder_mask=np.zeros((inputs, 0), np.int64))
 
     def step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
-        """Feed one token per row (int64[rows]); return that step's logits, float32[rows, vocab]."""
+        """Feed one token per row (int64[rows]); return that step's logits, float32[rows, vocab]. The first
+        step of a state runs the first-step graph (it also computes the cross-attention cache)."""
         n = self.names
         first = not state.self_cache
-        if first and state.copies > 1:
-            tokens = np.asarray(tokens)[::state.copies]  # copies of one input start from the same token
         session = self.decoder_merged if self.uses_merged else (self.decoder_first if first else self.decoder_with_past)
         binding = session.io_binding()
         binding.bind_cpu_input(n.decoder_input_ids, np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1))
         binding.bind_ortvalue_input(n.decoder_encoder_attention_mask, state.encoder_mask)
-        if first or self.uses_merged:
+        decoder_mask = np.concatenate([state.decoder_mask, np.ones((state.rows, 1), np.int64)], axis=1)
+        if self.has_decoder_mask:
+            binding.bind_cpu_input(n.decoder_attention_mask, decoder_mask)
+        if first:
             binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, state.encoder_hidden)
+        elif self.uses_merged:  # the with-past branch never reads it; the graph still takes one
+            binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, self._unused_encoder_output)
         if self.uses_merged:
             binding.bind_cpu_input(n.use_cache_branch, np.array([not first]))
             if first:
-                empty = self._empty_past(state.inputs)
+                empty = self._empty_past(state.rows)
                 for name in self._past_self + self._past_cross:
                     binding.bind_cpu_input(name, empty)
         if not first:
@@ -300,28 +325,75 @@ class Runner:
         outputs = binding.get_outputs()
         count = len(self._present_self)
         state.self_cache = outputs[1:1 + count]
+        state.decoder_mask = decoder_mask
         if first:
             state.cross_cache = outputs[1 + count:]
+            state.encoder_hidden = None
         logits = outputs[0].numpy()[:, -1, :]
-        if first and state.copies > 1:
-            logits = self._widen_after_first_step(state, logits)
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
-    def _widen_after_first_step(self, state: DecoderState, logits: np.ndarray) -> np.ndarray:
-        """Copy every input's first-step caches and logits to its `copies` rows."""
-        rows = np.repeat(np.arange(state.inputs), state.copies)
-        state.self_cache = self._gather_rows(state.self_cache, rows)
-        state.cross_cache = self._gather_rows(state.cross_cache, rows)
-        state.host_mask = np.repeat(state.host_mask, state.copies, axis=0)
-        state.encoder_mask = self._to_device(state.host_mask)
-        return np.repeat(logits, state.copies, axis=0)
+    def select(self, state: DecoderState, rows: np.ndarray) -> None:
+        """Leave and reorder (TGI's `filter`): row i becomes a copy of row rows[i]; rows not named leave.
+        One call covers a beam-search reorder, finished requests leaving and a first step's widening.
 
-    def reorder_cache(self, state: DecoderState, rows: np.ndarray) -> None:
-        """Make row i of the self-attention cache a copy of row rows[i] (beam search), on the device.
-        The cross-attention cache needs no reordering: beams of one input share it."""
+        The self-attention cache is gathered by the cache-reorder graph on the device; the cross cache
+        and encoder mask only when rows move between inputs (beams of one input share them). Columns
+        that are padding in every kept row are trimmed, on the host (a rare case: the longest rows
+        left; on CUDA it is a round trip through host memory)."""
+        rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == state.rows and np.array_equal(rows, np.arange(state.rows)):
             return
+        past, source_length = _used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows])
+        if past < state.past or source_length < state.host_encoder_mask.shape[1]:
+            joined = self.join([(state, rows)])
+            state.__dict__.update(joined.__dict__)
+            return
+        if not np.array_equal(state.sources[rows], state.sources):
+            state.cross_cache = self._gather_rows(state.cross_cache, rows)
+            state.host_encoder_mask = state.host_encoder_mask[rows]
+            state.encoder_mask = self._to_device(state.host_encoder_mask)
         state.self_cache = self._gather_rows(state.self_cache, rows)
+        state.decoder_mask = state.decoder_mask[rows]
+        state.sources = state.sources[rows]
+
+    def join(self, parts: list[tuple[DecoderState, np.ndarray]]) -> DecoderState:
+        """Concatenate the chosen rows of stepped states into one (TGI's `concatenate`): self caches
+        left-padded with zeros to the longest past, cross caches and encoder masks right-padded to the
+        longest source; columns that are padding in every row are dropped.
+
+        It builds the new tensors in host memory (on CPU the caches are host memory already: one copy
+        of each kept row; on CUDA a round trip through the host, once per joining request)."""
+        parts = [(state, np.asarray(rows, dtype=np.int64)) for state, rows in parts if len(rows)]
+        used = [_used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows]) for state, rows in parts]
+        past, source_length = max(u[0] for u in used), max(u[1] for u in used)
+        total = sum(len(rows) for _, rows in parts)
+
+        def blank(values: list[ort.OrtValue], length: int) -> list[np.ndarray]:
+            return [np.zeros((total, self.manifest.num_heads, length, self.manifest.d_kv), self.float_type)
+                    for _ in values]
+
+        decoder_mask, encoder_mask = np.zeros((total, past), np.int64), np.zeros((total, source_length), np.int64)
+        self_cache, cross_cache = blank(parts[0][0].self_cache, past), blank(parts[0][0].cross_cache, source_length)
+        sources, offset = [], 0
+        for state, rows in parts:
+            end = offset + len(rows)
+            kept = min(past, state.past)  # the last `kept` columns, right-aligned: left padding
+            decoder_mask[offset:end, past - kept:] = state.decoder_mask[rows, state.past - kept:]
+            for out, value in zip(self_cache, state.self_cache):
+                out[offset:end, :, past - kept:] = value.numpy()[rows, :, state.past - kept:]  # CPU: numpy() is a view
+            width = min(source_length, state.host_encoder_mask.shape[1])  # the first `width` columns
+            encoder_mask[offset:end, :width] = state.host_encoder_mask[rows, :width]
+            for out, value in zip(cross_cache, state.cross_cache):
+                out[offset:end, :, :width] = value.numpy()[rows, :, :width]
+            sources.append(state.sources[rows] + (sources[-1].max() + 1 - state.sources.min() if sources else 0))
+            offset = end
+        if not self.has_decoder_mask and not decoder_mask.all():
+            raise ValueError(f"{self.folder}: the export has no decoder attention mask, so only rows at the same "
+                             "step can share a batch (export the model again for continuous batching)")
+        return DecoderState(encoder_hidden=None, encoder_mask=self._to_device(encoder_mask),
+                            host_encoder_mask=encoder_mask, sources=np.concatenate(sources), decoder_mask=decoder_mask,
+                            self_cache=[self._to_device(v) for v in self_cache],
+                            cross_cache=[self._to_device(v) for v in cross_cache])
 
     def _gather_rows(self, values: list[ort.OrtValue], rows: np.ndarray) -> list[ort.OrtValue]:
         """Gather along the batch axis of one key/value pair per layer, in one call of the cache-reorder
@@ -344,6 +416,8 @@ class Runner:
         binding.bind_cpu_input(n.decoder_input_ids, np.ascontiguousarray(decoder_input_ids, dtype=np.int64))
         binding.bind_ortvalue_input(n.decoder_encoder_attention_mask, state.encoder_mask)
         binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, state.encoder_hidden)
+        if self.has_decoder_mask:  # T5's causal mask covers the target; padding after a target changes nothing before it
+            binding.bind_cpu_input(n.decoder_attention_mask, np.ones(decoder_input_ids.shape, np.int64))
         if self.uses_merged:
             binding.bind_cpu_input(n.use_cache_branch, np.array([False]))
             empty = self._empty_past(state.rows)
@@ -353,3 +427,12 @@ class Runner:
         session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
+
+
+def _used_lengths(decoder_mask: np.ndarray, encoder_mask: np.ndarray) -> tuple[int, int]:
+    """How many trailing past columns and leading source columns hold a token in at least one row."""
+    cached = decoder_mask.any(axis=0)
+    past = len(cached) - int(np.argmax(cached)) if cached.any() else 0
+    tokens = encoder_mask.any(axis=0)
+    source_length = len(tokens) - int(np.argmax(tokens[::-1])) if tokens.any() else 0
+    return past, source_length

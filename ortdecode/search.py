@@ -4,8 +4,10 @@ Both classes have the same shape (whisper's `TokenDecoder`):
 
 - ``input_ids``: int64[rows, cur_len], the running sequences that the processors see;
 - ``to_scores(logits)``: what the processors work on (raw logits, or log-probs for beam search);
-- ``advance(scores)``: choose the next tokens; returns the cache rows to keep (beam search) or None;
+- ``advance(scores)``: choose the next tokens; returns the cache rows to keep, int64[rows] (row i of the
+  next step continues row rows[i]; greedy and sampling keep every row in place);
 - ``next_tokens``: int64[rows], what the model is fed at the next step;
+- ``prompt_length``: decoder prompt tokens before the generated ones (the decoder start token);
 - ``done``: whether every row has finished;
 - ``stop_running(reason)``: end every unfinished row now (an interrupt), keeping what it has;
 - ``finalize()``: the sequences transformers' `generate` would return, their beam scores, and why
@@ -28,6 +30,8 @@ from .stopping import LENGTH, RUNNING, TIME, StopRules, reason_names
 
 # transformers marks impossible beams with this score rather than -inf, so sums stay finite.
 _IMPOSSIBLE = np.float32(-1.0e9)
+# The decoder prompt: the decoder start token alone.
+PROMPT_LENGTH = 1
 
 
 @dataclass
@@ -74,14 +78,15 @@ class TokenSearch:
         self.config = config
         self.rng = rng
         self.rules = rules
+        self.prompt_length = PROMPT_LENGTH
         rows = num_inputs * config.rows_per_input
-        self.input_ids = np.full((rows, 1), config.decoder_start_token_id, dtype=np.int64)
+        self.input_ids = np.full((rows, self.prompt_length), config.decoder_start_token_id, dtype=np.int64)
         self.reasons = np.full(rows, RUNNING, dtype=np.int8)
 
     def to_scores(self, logits: np.ndarray) -> np.ndarray:
         return logits
 
-    def advance(self, scores: np.ndarray) -> None:
+    def advance(self, scores: np.ndarray) -> np.ndarray:
         if self.config.do_sample:
             tokens = sample_rows(scores, self.rng)
         else:
@@ -91,11 +96,11 @@ class TokenSearch:
         self.input_ids = np.concatenate([self.input_ids, tokens[:, None]], axis=1)
         ended = self.rules.ended(self.input_ids, rows=running)
         self.reasons = np.where(running, ended, self.reasons)
-        if self.input_ids.shape[1] - 1 >= self.config.new_token_budget:
+        if self.input_ids.shape[1] - self.prompt_length >= self.config.new_token_budget:
             self.stop_running(LENGTH)
         elif self.rules.time_is_up():
             self.stop_running(TIME)
-        return None
+        return np.arange(len(self.input_ids))
 
     def stop_running(self, reason: int) -> None:
         self.reasons[self.reasons == RUNNING] = reason
@@ -127,7 +132,7 @@ class BeamSearch:
         self.rules = rules
         self.batch = num_inputs
         self.beams = config.num_beams
-        self.prompt_length = 1
+        self.prompt_length = PROMPT_LENGTH
         self.max_length = self.prompt_length + config.new_token_budget
         self.candidates = max(2, 1 + len(config.eos_token_id)) * self.beams
         # transformers fills unused positions with `pad_token_id or eos_token_id[0]`: a pad id of 0

@@ -7,7 +7,8 @@ transformers' stopping criteria, as one object the searches ask after each step:
   one of the call's stop strings (transformers' `StopStringCriteria`: the string may start and end
   inside tokens; it is kept in the output);
 - ``length``: the token budget is spent (the searches decide this);
-- ``time``: `max_time` seconds passed since the call began (transformers' `MaxTimeCriteria`).
+- ``time``: `max_time` seconds passed since the call began (transformers' `MaxTimeCriteria`);
+- ``interrupted`` (Ctrl-C) and ``cancelled`` (a served request withdrawn) end every row from outside.
 
 Reasons are small integer codes in the searches' arrays; `REASONS` names them.
 """
@@ -21,8 +22,8 @@ import numpy as np
 
 from .config import GenerationConfig
 
-RUNNING, EOS, STOP, LENGTH, TIME, INTERRUPTED = range(6)
-REASONS = ("running", "eos", "stop", "length", "time", "interrupted")
+RUNNING, EOS, STOP, LENGTH, TIME, INTERRUPTED, CANCELLED = range(7)
+REASONS = ("running", "eos", "stop", "length", "time", "interrupted", "cancelled")
 
 
 class StopRules:
