@@ -97,15 +97,30 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def generator():
-    return ortdecode.load(provider="cpu")
+def numbers_export(tmp_path_factory) -> Path:
+    """The embedded default model exported again with a decoder attention mask: continuous batching."""
+    from ortdecode_export import export_model
+
+    out = tmp_path_factory.mktemp("serve") / "t5-numbers"
+    export_model(str(ortdecode.default_model_path()), out, validate=False, progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")
-def server():
-    process = ServerProcess("--provider", "cpu")
+def generator(numbers_export):
+    return ortdecode.load(numbers_export, provider="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(numbers_export):
+    process = ServerProcess("--model", str(numbers_export), "--provider", "cpu")
     yield process
     assert process.stop() == 0, process.stderr
+
+
+@pytest.fixture(scope="module")
+def default_generator():
+    return ortdecode.load(provider="cpu")
 
 
 def post(server: ServerProcess, path: str, body: dict) -> httpx.Response:
@@ -274,6 +289,7 @@ def test_info_health_models(server):
     info = server.client.get("/info").json()
     assert info["model_id"] == "t5-numbers" and info["version"] == ortdecode.__version__
     assert info["limits"]["max_batch_rows"] == 16 and info["manifest"]["vocab_size"] == 160
+    assert info["limits"]["continuous_batching"] is True  # the export has a decoder attention mask
     assert server.client.get("/v1/models").json()["data"][0]["id"] == "t5-numbers"
 
 
@@ -295,8 +311,12 @@ def test_client_disconnect_frees_its_rows(server, path):
     body = ({"prompt": "spell out: 7", "max_tokens": 1500, "stream": True, "min_new_tokens": 1500}
             if path.startswith("/v1") else {"inputs": "spell out: 7", "parameters": LONG})
     sock = raw_request(server, path, body)
-    if path != "/generate":
-        assert b"data: " in sock.recv(4096)  # mid-stream
+    if path != "/generate":  # close mid-stream: after the first event
+        received = b""
+        while b"data: " not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
     server.wait_metric("ortdecode_batch_current_rows", lambda rows: rows == 1)
     sock.close()
     server.wait_metric("ortdecode_batch_current_rows", lambda rows: rows == 0, timeout=5)
@@ -356,7 +376,7 @@ def test_soak_1000_requests(server, generator, record):
     record("server soak (1,000 requests)", "RSS after warm-up / after (KiB)", f"{rss_warm} / {rss_after}")
 
 
-def test_queue_full_429_and_timeout_keeps_partial_text(generator):
+def test_queue_full_429_and_timeout_keeps_partial_text(default_generator):
     process = ServerProcess("--provider", "cpu", "--max-concurrent-requests", "2", "--request-timeout", "1")
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -374,15 +394,19 @@ def test_queue_full_429_and_timeout_keeps_partial_text(generator):
             details = body["details"]
             assert details["finish_reason"] == "time" and 0 < details["generated_tokens"] < 1500
             n = details["generated_tokens"]
-            assert body["generated_text"] == generator.generate("spell out: 7", min_new_tokens=n, max_new_tokens=n).texts[0]
+            assert body["generated_text"] == default_generator.generate("spell out: 7", min_new_tokens=n,
+                                                                        max_new_tokens=n).texts[0]
         assert process.metrics()['ortdecode_requests_total{outcome="time"}'] == 2
         assert process.metrics()['ortdecode_requests_total{outcome="queue_full"}'] == 2
+        # the embedded model's export has no decoder attention mask: static batches, said once at start-up
+        assert process.client.get("/info").json()["limits"]["continuous_batching"] is False
+        assert process.stderr.count("no decoder attention mask") == 1 and "static batching" in process.stderr
     finally:
         assert process.stop() == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_drains_running_requests_then_exits_0(generator, sig):
+def test_signal_drains_running_requests_then_exits_0(default_generator, sig):
     process = ServerProcess("--provider", "cpu")
     options = {"min_new_tokens": 200, "max_new_tokens": 200}
     with ThreadPoolExecutor(1) as pool:
@@ -395,7 +419,7 @@ def test_signal_drains_running_requests_then_exits_0(generator, sig):
         refused = post(process, "/generate", {"inputs": "spell out: 7"})
         assert refused.status_code == 503 and "draining" in refused.json()["error"]
         body = running.result(timeout=30).json()
-    assert body["generated_text"] == generator.generate("spell out: 7", **options).texts[0]
+    assert body["generated_text"] == default_generator.generate("spell out: 7", **options).texts[0]
     assert body["details"]["finish_reason"] == "length"
     assert process.proc.wait(30) == 0
     assert "draining" in process.stderr and "Traceback" not in process.stderr

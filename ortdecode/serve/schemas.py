@@ -100,22 +100,25 @@ def generate_response(request, result) -> dict:
 
 
 def stream_events(update, tokens_so_far: int) -> list[dict]:
-    """TGI's stream events for one update of a one-sequence request: one per new token, the text that
-    became decodable on the last of them; the final event also carries the whole text and the details."""
+    """TGI's stream events for one update of a one-sequence request: one per new token, carrying the text
+    that became decodable with it. The final event also carries the whole text and the details; its token
+    is the sequence's last one (the engine reports the finishing token, and beam search's whole text, only
+    in the final update); its id is null when every token was already sent (a request that timed out or
+    was cancelled between steps)."""
     request, config = update.request, update.request.config
     ids = list(update.new_token_ids[0]) if update.new_token_ids else []
-    if update.finished and not ids and update.result is not None:
-        ids = [int(update.result.sequences[0, -1])]  # beam search: its text comes when it finishes
     delta = update.text_deltas[0] if update.text_deltas else ""
+    if update.finished:
+        count = generated_token_counts(update.result, config)[0]
+        ids = [int(t) for t in update.result.sequences[0, 1:count + 1][tokens_so_far:]] or [None]
     events = [{"index": tokens_so_far + k + 1,
-               "token": {"id": int(token), "text": delta if k == len(ids) - 1 else "", "logprob": None,
-                         "special": int(token) in config.eos_token_id},
+               "token": {"id": token, "text": delta if k == len(ids) - 1 else "", "logprob": None,
+                         "special": token is None or token in config.eos_token_id},
                "generated_text": None, "details": None} for k, token in enumerate(ids)]
-    if update.finished and events:
+    if update.finished:
         result = update.result
         events[-1]["generated_text"] = result.texts[0]
-        events[-1]["details"] = {"finish_reason": result.finish_reasons[0],
-                                 "generated_tokens": generated_token_counts(result, config)[0],
+        events[-1]["details"] = {"finish_reason": result.finish_reasons[0], "generated_tokens": count,
                                  "seed": config.seed, "input_tokens": request.input_length}
     return events
 

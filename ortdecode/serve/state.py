@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 from ..engine import EngineClosedError
@@ -52,8 +53,12 @@ class ServerState:
         s = self.settings
         started = time.perf_counter()
         generator = ortdecode.load(s.model, provider=s.provider, threads=s.threads)
-        engine = BatchEngine(generator, max_batch_rows=s.max_batch_rows, max_batch_tokens=s.max_batch_tokens,
-                             max_waiting=s.max_concurrent_requests, continuous=s.continuous)
+        with warnings.catch_warnings(record=True) as said:  # e.g. no decoder attention mask: static batches
+            warnings.simplefilter("always")
+            engine = BatchEngine(generator, max_batch_rows=s.max_batch_rows, max_batch_tokens=s.max_batch_tokens,
+                                 max_waiting=s.max_concurrent_requests, continuous=s.continuous)
+        for warning in said:
+            print(f"ortdecode: {warning.message}", file=sys.stderr, flush=True)
         self.metrics.watch_engine(engine)
         self.worker = EngineWorker(engine, loop, self.metrics)
         self.worker.start()
