@@ -24,6 +24,9 @@ log = logging.getLogger("ortdecode.serve")
 
 RETRY_AFTER_SECONDS = 1
 _OUTCOMES = {422: "invalid", 429: "queue_full", 503: "unavailable"}
+# Errors raised on purpose, answered with their own message: (status, error type).
+_ANSWERS = {ValueError: (422, "validation"), QueueFullError: (429, "overloaded"),
+            EngineClosedError: (503, "unavailable"), RequestFailed: (500, "internal")}
 
 
 def error_response(request: Request, status: int, message: str, error_type: str, headers=None) -> JSONResponse:
@@ -35,6 +38,12 @@ def error_response(request: Request, status: int, message: str, error_type: str,
     else:
         body = {"error": message, "error_type": error_type}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _known_error(request: Request, exc: Exception) -> JSONResponse:
+    status, error_type = next(_ANSWERS[c] for c in type(exc).__mro__ if c in _ANSWERS)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+    return error_response(request, status, str(exc), error_type, headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -79,21 +88,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def invalid_body(request: Request, exc: RequestValidationError):
         return error_response(request, 422, _validation_message(exc), "validation")
 
-    @app.exception_handler(ValueError)
-    async def invalid_option(request: Request, exc: ValueError):
-        return error_response(request, 422, str(exc), "validation")
-
-    @app.exception_handler(QueueFullError)
-    async def queue_full(request: Request, exc: QueueFullError):
-        return error_response(request, 429, str(exc), "overloaded", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-
-    @app.exception_handler(EngineClosedError)
-    async def unavailable(request: Request, exc: EngineClosedError):
-        return error_response(request, 503, str(exc), "unavailable")
-
-    @app.exception_handler(RequestFailed)
-    async def request_failed(request: Request, exc: RequestFailed):
-        return error_response(request, 500, str(exc), "internal")
+    for error in _ANSWERS:
+        app.add_exception_handler(error, _known_error)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
