@@ -166,6 +166,9 @@ class Generator:
         vocab = self.manifest.vocab_size
         if not all(0 <= t < vocab for t in config.eos_token_id):
             raise ValueError(f"`eos_token_id` has to hold token ids in [0, {vocab}), but is {list(config.eos_token_id)}")
+        for name in ("decoder_start_token_id", "pad_token_id"):  # fed to the decoder: out of range fails in the graph
+            if not 0 <= getattr(config, name) < vocab:
+                raise ValueError(f"`{name}` has to be a token id in [0, {vocab}), but is {getattr(config, name)}")
         if config.max_input_tokens is None:
             config = config.replace(max_input_tokens=self.max_input_tokens)
         return config

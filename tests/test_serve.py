@@ -165,15 +165,13 @@ def test_generate_equals_generate(server, generator, text, options):
 
 
 def read_events(server: ServerProcess, path: str, body: dict) -> list:
-    events = []
-    with server.client.stream("POST", path, json=body) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                data = line.removeprefix("data: ")
-                events.append(data if data == "[DONE]" else json.loads(data))
-    return events
+    """The server-sent events of a streaming request, parsed by httpx-sse: JSON objects, or "[DONE]"."""
+    from httpx_sse import connect_sse
+
+    with connect_sse(server.client, "POST", path, json=body) as source:
+        assert source.response.status_code == 200
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        return [event.data if event.data == "[DONE]" else json.loads(event.data) for event in source.iter_sse()]
 
 
 @pytest.mark.parametrize("text,options", [c for c in CASES if c[1].get("num_return_sequences", 1) == 1])
@@ -245,6 +243,8 @@ BAD_REQUESTS = [
      r"`temperature` has to be"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"frobnicate": 1}}, r"unknown generation option\(s\): frobnicate"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"input_ids": [[1]]}}, r"`input_ids` is not a generation option"),
+    ("/generate", {"inputs": "spell out: 1", "parameters": {"decoder_start_token_id": 10**6}},
+     r"`decoder_start_token_id` has to be a token id in \[0, 160\)"),
     ("/generate", {"inputs": "  ", "parameters": {}}, r"`texts\[0\]` is empty or whitespace only"),
     ("/generate", {"inputs": "spell out: 1 " * 300}, r"more than `max_input_tokens` \(512\)"),
     ("/generate", {"inputs": 12}, r"`inputs`: Input should be a valid string"),
@@ -423,6 +423,48 @@ def test_signal_drains_running_requests_then_exits_0(default_generator, sig):
     assert body["details"]["finish_reason"] == "length"
     assert process.proc.wait(30) == 0
     assert "draining" in process.stderr and "Traceback" not in process.stderr
+
+
+@pytest.fixture(scope="module")
+def broken_export(numbers_export, tmp_path_factory) -> Path:
+    """The export with NaN weights in its first-step decoder (checksum updated): every request fails inside
+    the engine (non-finite logits)."""
+    import hashlib
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path_factory.mktemp("broken") / "t5-numbers"
+    shutil.copytree(numbers_export, out)
+    graph_path = out / "decoder_model.onnx"
+    graph = onnx.load(str(graph_path))
+    for i, tensor in enumerate(graph.graph.initializer):
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32:
+            graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), tensor.name))
+    onnx.save(graph, str(graph_path))
+    manifest = json.loads((out / "ortdecode.json").read_text())
+    manifest["graphs"]["decoder"]["sha256"] = hashlib.sha256(graph_path.read_bytes()).hexdigest()
+    (out / "ortdecode.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_internal_error_is_500_in_one_line_and_logged(broken_export):
+    process = ServerProcess("--model", str(broken_export), "--provider", "cpu")
+    try:
+        response = post(process, "/generate", {"inputs": "spell out: 7"})
+        assert response.status_code == 500
+        assert re.match(r"internal error while decoding: NonFiniteLogitsError: .*NaN", response.json()["error"])
+        assert "\n" not in response.json()["error"]
+        events = read_events(process, "/generate_stream", {"inputs": "spell out: 7"})
+        assert events[-1]["error_type"] == "internal" and "NonFiniteLogitsError" in events[-1]["error"]
+        assert process.metrics()['ortdecode_requests_total{outcome="error"}'] == 2
+        assert post(process, "/generate", {"inputs": "spell out: 7", "parameters": {"top_p": 2}}).status_code == 422
+    finally:
+        assert process.stop() == 0
+    assert process.stderr.count("Traceback") == 2 and "NonFiniteLogitsError" in process.stderr
 
 
 def test_serve_without_the_extra_says_what_to_install():

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 
+from ..engine import RequestUpdate
 from .metrics import ServerMetrics
 from .schemas import generated_token_counts
 
@@ -71,8 +72,9 @@ class EngineWorker:
                 continue
             try:
                 updates = self.engine.step()
-            except Exception:  # the engine itself failed: keep serving, fail nothing silently
+            except Exception as exc:  # the engine itself failed: its open requests answer 500, the server goes on
                 log.exception("ortdecode: engine step failed")
+                self.loop.call_soon_threadsafe(self._fail_open_requests, exc)
                 self._stopping.wait(0.1)
                 continue
             if updates:
@@ -87,6 +89,12 @@ class EngineWorker:
                 self._count_finished(update)
             if entry is not None:
                 entry[1].put_nowait(update)
+
+    def _fail_open_requests(self, error: BaseException) -> None:
+        failed = [RequestUpdate(request, [], [], True, None, error) for request, _ in self._open.values()]
+        for update in failed:
+            self.engine.cancel(update.request)
+        self._deliver(failed)
 
     def _count_finished(self, update) -> None:
         if update.error is not None:
