@@ -15,6 +15,9 @@ from pathlib import Path
 
 from .model_files import read_json_file
 
+# The decoder prompt every sequence starts from: the decoder start token alone.
+DECODER_PROMPT_LENGTH = 1
+
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -82,6 +82,7 @@ class Request:
                                            user_processors=user_processors)
         self.logits_log: list[np.ndarray] | None = [] if config.return_logits else None
         self.scores_log: list[np.ndarray] | None = [] if config.return_scores else None
+        self.reports_progress = stream_text  # updates carry text deltas and token ids (served requests)
         self.stream_text = stream_text and not config.is_beam_search
         self.emitted = [""] * self.rows if self.stream_text else []
         self.steps = 0
@@ -101,7 +102,7 @@ class Request:
     def advance(self, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
         """One step on this request's logits [rows, vocab]: processors, then the search. Returns the update
         and the rows to keep (None once finished)."""
-        was_running = self._running_rows()
+        was_running = self._running_rows() if self.reports_progress else None
         check_scores(logits, self.steps, "logits")
         scores = apply_processors(self.processors, self.search.input_ids, self.search.to_scores(logits))
         check_scores(scores, self.steps, "processed scores")
@@ -114,15 +115,15 @@ class Request:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         if self.search.done:
-            return self.finish(), None
+            return self.finish(was_running), None
         return self._update(was_running), kept
 
     def stop(self, reason: int) -> RequestUpdate:
-        """End every unfinished row now (cancelled, timed out while waiting)."""
+        """End every unfinished row now (cancelled, interrupted, timed out while waiting)."""
         self.search.stop_running(reason)
-        return self.finish()
+        return self.finish(np.zeros(self.rows, dtype=bool))
 
-    def finish(self) -> RequestUpdate:
+    def finish(self, was_running: np.ndarray | None) -> RequestUpdate:
         out = self.search.finalize()
         self.result = GenerationResult(texts=self.tokenizer.decode_batch(out.sequences), sequences=out.sequences,
                                        finish_reasons=out.finish_reasons, sequences_scores=out.sequences_scores,
@@ -133,7 +134,8 @@ class Request:
                                                                                                self.emitted)]
         else:
             deltas = list(self.result.texts) if self.config.is_beam_search else [""] * len(self.result.texts)
-        return RequestUpdate(self, deltas, [[] for _ in self.result.texts], True, self.result)
+        new_ids = self._new_token_ids(was_running) if was_running is not None else []
+        return RequestUpdate(self, deltas, new_ids, True, self.result)
 
     def fail(self, error: BaseException) -> RequestUpdate:
         self.error = error
@@ -142,15 +144,22 @@ class Request:
 
     def _running_rows(self) -> np.ndarray:
         """Which rows are still running (greedy and sampling: finished rows are fed padding)."""
-        return np.zeros(0, dtype=bool) if self.config.is_beam_search else self.search.reasons == RUNNING
+        return np.zeros(self.rows, dtype=bool) if self.config.is_beam_search else self.search.reasons == RUNNING
 
-    def _update(self, was_running: np.ndarray) -> RequestUpdate:
+    def _update(self, was_running: np.ndarray | None) -> RequestUpdate:
+        if not self.reports_progress:  # `generate`: only the result matters
+            return RequestUpdate(self, [], [], False, None)
         if self.config.is_beam_search:  # beams are not final until the search ends
             outputs = self.inputs * self.config.num_return_sequences
             return RequestUpdate(self, [""] * outputs, [[] for _ in range(outputs)], False, None)
+        return RequestUpdate(self, self._text_deltas(), self._new_token_ids(was_running), False, None)
+
+    def _new_token_ids(self, was_running: np.ndarray) -> list[list[int]]:
+        """The token each row produced this step (greedy, sampling); beams are final only at the end."""
+        if self.config.is_beam_search:
+            return [[] for _ in range(self.inputs * self.config.num_return_sequences)]
         tokens = self.search.next_tokens
-        new_ids = [[int(tokens[row])] if was_running[row] else [] for row in range(self.rows)]
-        return RequestUpdate(self, self._text_deltas(), new_ids, False, None)
+        return [[int(tokens[row])] if was_running[row] else [] for row in range(self.rows)]
 
     def _text_deltas(self) -> list[str]:
         """Text newly decodable per row, holding back an incomplete multi-byte character and text a
@@ -262,24 +271,29 @@ class BatchEngine:
         per request that changed; [] at once when idle."""
         started = time.perf_counter()
         updates = [r.stop(CANCELLED) for r in self.running if r.cancel_requested]
-        keep = {id(r): np.arange(r.rows) for r in self.running if not r.cancel_requested}
+        keep = {id(r): np.arange(r.rows) for r in self.running if not r.cancel_requested}  # request -> its kept rows
         admitted, refused = self._admit()
         updates += refused
-        if not keep and not admitted and not updates:
+        if not (keep or admitted or updates):
             return []
-        if keep:
+        if keep:  # one decoder step over every running row; each request advances on its slice
             updates += self._step_running(keep)
-        joining = [(request, state, rows) for request in admitted
-                   for state, rows in [self._first_step(request, updates)] if rows is not None]
-        self._rebuild(keep, joining)
+        joining = []
+        for request in admitted:  # each newcomer: its own encoder pass and first decoder step
+            update, state, rows = self._first_step(request)
+            updates.append(update)
+            if rows is not None:
+                joining.append((request, state, rows))
+        self._rebuild(keep, joining)  # finished rows leave, beams reorder, newcomers join: one runner call
         self.last_step_seconds = time.perf_counter() - started
         return updates
 
     def _step_running(self, keep: dict) -> list[RequestUpdate]:
         """One decoder step over the running rows of `keep`; each request advances on its slice."""
         running = [r for r in self.running if id(r) in keep]
-        self.runner.select(self.batch, self._rows_of(running, keep))  # cancelled rows leave first
-        self.running = running
+        if len(running) < len(self.running):  # cancelled rows leave first
+            self.runner.select(self.batch, self._rows_of(running, keep))
+            self.running = running
         try:
             tokens = np.concatenate([r.search.next_tokens for r in running])
             logits = self.runner.step(self.batch, tokens)
@@ -297,18 +311,18 @@ class BatchEngine:
             offset += request.rows
         return updates
 
-    def _first_step(self, request: Request, updates: list) -> tuple["DecoderState | None", np.ndarray | None]:
-        """The request's own encoder pass and first decoder step; one row per input, widened to its rows."""
+    def _first_step(self, request: Request) -> tuple[RequestUpdate, "DecoderState | None", np.ndarray | None]:
+        """The request's own encoder pass and first decoder step, on one row per input; its beams or samples
+        share them (the logits are repeated, and the rows widened when the batch is rebuilt). Returns the
+        update, the state and the state's rows to keep (None when the request already finished)."""
         try:
             state = self.runner.encode(request.input_ids, request.attention_mask)
             logits = self.runner.step(state, request.search.next_tokens[::request.config.rows_per_input])
-        except Exception as exc:  # noqa: BLE001
-            updates.append(request.fail(exc))
-            return None, None
+        except Exception as exc:  # noqa: BLE001 - this request's failure
+            return request.fail(exc), None, None
         copies = np.repeat(np.arange(request.inputs), request.config.rows_per_input)
         update, kept = self._advance(request, logits[copies])
-        updates.append(update)
-        return state, (None if kept is None else copies[kept])
+        return update, state, (None if kept is None else copies[kept])
 
     def _advance(self, request: Request, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
         try:

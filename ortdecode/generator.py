@@ -105,7 +105,8 @@ class Generator:
             while not request.finished:
                 engine.step()
         except KeyboardInterrupt:
-            raise GenerationInterrupted(request.stop(INTERRUPTED).result) from None
+            raise GenerationInterrupted(request.result if request.finished else request.stop(INTERRUPTED).result) \
+                from None
         if request.error is not None:
             raise request.error
         return request.result

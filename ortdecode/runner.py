@@ -343,7 +343,11 @@ class Runner:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == state.rows and np.array_equal(rows, np.arange(state.rows)):
             return
-        past, source_length = _used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows])
+        # Padding in every kept row shows first in the oldest past column or the last source column.
+        if (state.past and not state.decoder_mask[rows, 0].all()) or not state.host_encoder_mask[rows, -1].all():
+            past, source_length = _used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows])
+        else:
+            past, source_length = state.past, state.host_encoder_mask.shape[1]
         if past < state.past or source_length < state.host_encoder_mask.shape[1]:
             joined = self.join([(state, rows)])
             state.__dict__.update(joined.__dict__)
@@ -361,8 +365,9 @@ class Runner:
         left-padded with zeros to the longest past, cross caches and encoder masks right-padded to the
         longest source; columns that are padding in every row are dropped.
 
-        It builds the new tensors in host memory (on CPU the caches are host memory already: one copy
-        of each kept row; on CUDA a round trip through the host, once per joining request)."""
+        It builds the new tensors in host memory: on CPU the caches are host memory already (`numpy()` is a
+        view) and each kept row is gathered, then placed (two memory copies); on CUDA it is a round trip
+        through the host. It runs once per step in which requests join, not on the normal step path."""
         parts = [(state, np.asarray(rows, dtype=np.int64)) for state, rows in parts if len(rows)]
         used = [_used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows]) for state, rows in parts]
         past, source_length = max(u[0] for u in used), max(u[1] for u in used)

@@ -24,14 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import GenerationConfig
+from .config import DECODER_PROMPT_LENGTH, GenerationConfig
 from .numerics import first_crossing, log_softmax, softmax_weights
 from .stopping import LENGTH, RUNNING, TIME, StopRules, reason_names
 
 # transformers marks impossible beams with this score rather than -inf, so sums stay finite.
 _IMPOSSIBLE = np.float32(-1.0e9)
-# The decoder prompt: the decoder start token alone.
-PROMPT_LENGTH = 1
 
 
 @dataclass
@@ -78,7 +76,7 @@ class TokenSearch:
         self.config = config
         self.rng = rng
         self.rules = rules
-        self.prompt_length = PROMPT_LENGTH
+        self.prompt_length = DECODER_PROMPT_LENGTH
         rows = num_inputs * config.rows_per_input
         self.input_ids = np.full((rows, self.prompt_length), config.decoder_start_token_id, dtype=np.int64)
         self.reasons = np.full(rows, RUNNING, dtype=np.int8)
@@ -132,7 +130,7 @@ class BeamSearch:
         self.rules = rules
         self.batch = num_inputs
         self.beams = config.num_beams
-        self.prompt_length = PROMPT_LENGTH
+        self.prompt_length = DECODER_PROMPT_LENGTH
         self.max_length = self.prompt_length + config.new_token_budget
         self.candidates = max(2, 1 + len(config.eos_token_id)) * self.beams
         # transformers fills unused positions with `pad_token_id or eos_token_id[0]`: a pad id of 0

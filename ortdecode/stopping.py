@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import GenerationConfig
+from .config import DECODER_PROMPT_LENGTH, GenerationConfig
 
 RUNNING, EOS, STOP, LENGTH, TIME, INTERRUPTED, CANCELLED = range(7)
 REASONS = ("running", "eos", "stop", "length", "time", "interrupted", "cancelled")
@@ -59,7 +59,7 @@ class StopRules:
 
     def _completes_stop_string(self, sequence: np.ndarray) -> bool:
         """Whether the last token makes a stop string appear in the text (it was not there before)."""
-        tail = sequence[1:][-self.window:]  # generated tokens only: the decoder start token is not text
+        tail = sequence[DECODER_PROMPT_LENGTH:][-self.window:]  # generated tokens only: the prompt is not text
         now, before = self.decode(tail), self.decode(tail[:-1])
         return any(s in now and s not in before for s in self.stop_strings)
 

@@ -39,10 +39,11 @@ def test_auto_picks_cuda(tiny_v1):
 def test_kv_cache_and_encoder_output_stay_on_the_device(cuda_generator):
     ids, mask = cuda_generator.tokenizer.encode(TEXTS[:4])
     state = cuda_generator.runner.encode(ids, mask)
+    encoder_hidden = state.encoder_hidden
     logits = cuda_generator.runner.step(state, np.zeros(4, np.int64))
     cuda_generator.runner.step(state, np.full(4, 5, np.int64))
     assert isinstance(logits, np.ndarray) and logits.shape == (4, cuda_generator.manifest.vocab_size)
-    values = [state.encoder_hidden, state.encoder_mask] + state.self_cache + state.cross_cache
+    values = [encoder_hidden, state.encoder_mask] + state.self_cache + state.cross_cache
     assert {v.device_name().lower() for v in values} == {"cuda"}
 
 
@@ -52,7 +53,7 @@ def test_beam_reorder_runs_on_the_device(cuda_generator):
     cuda_generator.runner.step(state, np.zeros(4, np.int64))
     before = [v.numpy() for v in state.self_cache]  # copies to the host, for the check only
     rows = np.array([3, 0, 0, 2])
-    cuda_generator.runner.reorder_cache(state, rows)
+    cuda_generator.runner.select(state, rows)
     assert {v.device_name().lower() for v in state.self_cache} == {"cuda"}
     for old, new in zip(before, state.self_cache):
         np.testing.assert_array_equal(new.numpy(), old[rows])

@@ -22,6 +22,10 @@ def test_manifest_records_the_export(tiny):
     assert {"torch", "transformers", "optimum", "onnx", "onnxruntime", "ortdecode"} <= set(manifest.versions)
     assert manifest.export_options["layout"] == "both" and manifest.opset >= 13
     assert manifest.validation["passed"] is True and manifest.validation["max_abs_diff"] <= 1e-4
+    assert manifest.names.decoder_attention_mask == "attention_mask" and manifest.export_options["decoder_mask"]
+    assert 0 <= manifest.validation["joined_batch_max_abs_diff"] <= 1e-4
+    for role in ("decoder", "decoder_with_past", "decoder_merged"):
+        assert manifest.names.decoder_attention_mask in manifest.graphs[role].inputs
     for role, graph in manifest.graphs.items():
         model = onnx.load(str(tiny.export / graph.file), load_external_data=False)
         assert tuple(i.name for i in model.graph.input) == graph.inputs
@@ -108,8 +112,9 @@ def test_cache_reorder_graph_is_a_gather_per_kv_tensor(tiny):
     ids, mask = generator.tokenizer.encode(TEXTS[:3])
     state = generator.runner.encode(ids, mask)
     generator.runner.step(state, np.zeros(3, np.int64))
-    generator.runner.reorder_cache(state, np.array([2, 0, 0]))
-    assert state.self_cache[0].shape()[0] == 3
+    before = state.self_cache[0].numpy().copy()
+    generator.runner.select(state, np.array([2, 0, 0]))
+    np.testing.assert_array_equal(state.self_cache[0].numpy(), before[[2, 0, 0]])
 
 
 def test_dtype_fp16_writes_float16_cuda_graphs_with_float32_logits(tiny_v1, tmp_path):

@@ -42,15 +42,23 @@ def test_split_and_merged_layouts_give_the_same_logits(tiny_v1):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_reorder_cache_gathers_rows_on_the_device(generator):
+def test_select_gathers_rows_in_the_reorder_session(generator):
     ids, mask = encode(generator)
     state = generator.runner.encode(ids, mask)
     generator.runner.step(state, np.zeros(4, np.int64))
-    before = [v.numpy().copy() for v in state.self_cache]
+    before = [v.numpy().copy() for v in state.self_cache + state.cross_cache]
     rows = np.array([2, 2, 0, 3])
-    generator.runner.reorder_cache(state, rows)
-    for old, new in zip(before, state.self_cache):
+    runs = []
+    real_run = generator.runner.cache_reorder.run_with_iobinding
+    generator.runner.cache_reorder.run_with_iobinding = lambda binding: runs.append(1) or real_run(binding)
+    try:
+        generator.runner.select(state, rows)
+    finally:
+        del generator.runner.cache_reorder.run_with_iobinding
+    assert len(runs) == 2  # self cache, and the cross cache since rows moved between inputs
+    for old, new in zip(before, state.self_cache + state.cross_cache):
         np.testing.assert_array_equal(new.numpy(), old[rows])
+    np.testing.assert_array_equal(state.sources, rows)
 
 
 def test_reordered_cache_continues_like_a_fresh_decode(generator):
@@ -59,12 +67,9 @@ def test_reordered_cache_continues_like_a_fresh_decode(generator):
     rows = np.array([1, 1, 3, 0])
     state = generator.runner.encode(ids, mask)
     generator.runner.step(state, np.zeros(4, np.int64))
-    generator.runner.reorder_cache(state, rows)
-    # The cross-attention cache is not reordered: beams of one input share it, so reorder the inputs here.
+    generator.runner.select(state, rows)
     fresh = generator.runner.encode(ids[rows], mask[rows])
     generator.runner.step(fresh, np.zeros(4, np.int64))
-    state.cross_cache = fresh.cross_cache
-    state.encoder_mask = fresh.encoder_mask
     np.testing.assert_allclose(generator.runner.step(state, np.full(4, 6, np.int64)),
                                generator.runner.step(fresh, np.full(4, 6, np.int64)), atol=1e-5)
 
@@ -101,16 +106,77 @@ def test_layout_missing_from_the_export_is_a_clear_error(tmp_path, tiny_v1):
 
 
 @pytest.mark.parametrize("layout", ["split", "merged"])
-def test_copies_share_one_encoder_pass_and_decode_like_repeated_inputs(tiny_v1, layout):
+def test_one_first_step_widened_by_select_decodes_like_repeated_inputs(tiny_v1, layout):
     generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
     ids, mask = encode(generator, TEXTS[:3])
-    shared = generator.runner.encode(ids, mask, copies=4)
+    shared = generator.runner.encode(ids, mask)
     repeated = generator.runner.encode(np.repeat(ids, 4, axis=0), np.repeat(mask, 4, axis=0))
+    assert shared.encoder_hidden.shape()[0] == 3  # the encoder runs once per input
+    first = generator.runner.step(shared, np.zeros(3, np.int64))
+    generator.runner.select(shared, np.repeat(np.arange(3), 4))
     assert shared.rows == repeated.rows == 12
-    assert shared.encoder_hidden.shape()[0] == 3  # the encoder ran once per input
-    tokens = np.zeros(12, np.int64)
-    for step in range(3):
+    np.testing.assert_allclose(np.repeat(first, 4, axis=0), generator.runner.step(repeated, np.zeros(12, np.int64)),
+                               atol=1e-5)
+    tokens = np.arange(12) % 7  # rows of one input diverge after the first step
+    for step in range(2):
         a, b = generator.runner.step(shared, tokens), generator.runner.step(repeated, tokens)
         np.testing.assert_allclose(a, b, atol=1e-5)
-        tokens = np.arange(12) % 7 + step  # rows of one input diverge after the first step
+        tokens = tokens + 1
     assert shared.self_cache[0].shape() == repeated.self_cache[0].shape()
+
+
+def decode_alone(runner, ids, mask, tokens):
+    state = runner.encode(ids, mask)
+    return [runner.step(state, np.array([t])).copy() for t in tokens]
+
+
+@pytest.mark.parametrize("layout", ["split", "merged"])
+def test_rows_joined_at_different_steps_decode_as_alone(tiny_v1, layout):
+    """Row r joins the running batch at step r (self cache left-padded) and leaves after its last token."""
+    from ortdecode_export.validate import joined_batch_max_abs_diff
+
+    generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
+    ids, mask = encode(generator, TEXTS[:5])
+    decoder_input_ids = np.random.default_rng(0).integers(2, 150, size=(5, 7))
+    decoder_input_ids[:, 0] = 0
+    assert joined_batch_max_abs_diff(generator.runner, ids, mask, decoder_input_ids) <= 1e-5
+
+
+def test_join_left_pads_and_select_trims_the_padding(generator):
+    runner = generator.runner
+    (ids_a, mask_a), (ids_b, mask_b) = encode(generator, TEXTS[1:2]), encode(generator, TEXTS[0:1])
+    long = runner.encode(ids_a, mask_a)
+    tokens = [0, 5, 9, 7, 3]
+    for t in tokens[:3]:
+        runner.step(long, np.array([t]))
+    short = runner.encode(ids_b, mask_b)
+    runner.step(short, np.array([0]))
+    batch = runner.join([(long, np.array([0])), (short, np.array([0]))])
+    np.testing.assert_array_equal(batch.decoder_mask, [[1, 1, 1], [0, 0, 1]])
+    np.testing.assert_array_equal(batch.host_encoder_mask[1], np.r_[mask_b[0], np.zeros(ids_a.shape[1] - ids_b.shape[1])])
+    assert batch.cross_cache[0].shape()[2] == ids_a.shape[1]
+    runner.step(batch, np.array([7, 5]))
+    runner.select(batch, np.array([1]))  # the long row leaves: its padding columns go too
+    assert batch.past == 2 and batch.host_encoder_mask.shape[1] == ids_b.shape[1]
+    assert batch.cross_cache[0].shape()[2] == ids_b.shape[1]
+    expected = decode_alone(runner, ids_b, mask_b, [0, 5, 9])[-1]
+    np.testing.assert_allclose(runner.step(batch, np.array([9])), expected, atol=1e-5)
+
+
+def test_kv_cache_stays_in_ortvalues_from_step_to_step(generator, monkeypatch):
+    """The present KV of one step is the past bound at the next: same buffers, never copied to NumPy."""
+    ids, mask = encode(generator)
+    state = generator.runner.encode(ids, mask)
+    generator.runner.step(state, np.zeros(4, np.int64))
+    pointers = [v.data_ptr() for v in state.self_cache + state.cross_cache]
+    bound = []
+    real_bind = ort.IOBinding.bind_ortvalue_input
+    monkeypatch.setattr(ort.IOBinding, "bind_ortvalue_input", lambda self, name, value: bound.append(value.data_ptr())
+                        or real_bind(self, name, value))
+    real_numpy = ort.OrtValue.numpy
+    copied = []
+    monkeypatch.setattr(ort.OrtValue, "numpy", lambda self: copied.append(self.data_ptr()) or real_numpy(self))
+    generator.runner.step(state, np.full(4, 5, np.int64))
+    assert set(pointers) <= set(bound)
+    cache_now = {v.data_ptr() for v in state.self_cache + state.cross_cache}
+    assert not (set(copied) & (set(pointers) | cache_now))  # only the logits came to NumPy
