@@ -247,6 +247,8 @@ BAD_REQUESTS = [
      r"`decoder_start_token_id` has to be a token id in \[0, 160\)"),
     ("/generate", {"inputs": "  ", "parameters": {}}, r"`texts\[0\]` is empty or whitespace only"),
     ("/generate", {"inputs": "spell out: 1 " * 300}, r"more than `max_input_tokens` \(512\)"),
+    ("/generate", {"inputs": "spell out: 1", "parameters": {"num_beams": 17}}, r"needs 17 decoder rows"),
+    ("/generate", {"inputs": "spell out: 1", "parameters": {"max_new_tokens": 9000}}, r"max_batch_tokens \(8192\)"),
     ("/generate", {"inputs": 12}, r"`inputs`: Input should be a valid string"),
     ("/generate", {"parameters": {}}, r"`inputs`: Field required"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"max_new_tokens": 4}, "extra": 1}, r"`extra`: Extra inputs"),
