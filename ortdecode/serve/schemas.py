@@ -70,12 +70,20 @@ class CompletionRequest(BaseModel):
 
 
 def generated_token_counts(result, config) -> list[int]:
-    """Tokens each output sequence generated (EOS included, the start token and trailing padding not)."""
+    """Tokens each output sequence generated (EOS included, the start token not). One sequence is never
+    padded; of several, those that ended early are padded: a sequence that ran out of budget has
+    `max_new_tokens`, the others end at their last token that is not padding."""
+    sequences = np.asarray(result.sequences)[:, 1:]
+    if len(sequences) == 1:
+        return [sequences.shape[1]]
     counts = []
-    for row in np.asarray(result.sequences)[:, 1:]:
+    for row, reason in zip(sequences, result.finish_reasons):
         n = len(row)
-        while n and row[n - 1] == config.pad_token_id:
-            n -= 1
+        if reason == "length":
+            n = min(n, config.new_token_budget)
+        else:
+            while n and row[n - 1] == config.pad_token_id:
+                n -= 1
         counts.append(n)
     return counts
 
