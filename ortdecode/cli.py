@@ -1,4 +1,4 @@
-"""The `ortdecode` command: generate, score, export, adopt, validate, verify, check.
+"""The `ortdecode` command: generate, score, export, adopt, validate, verify, check, serve.
 
 Errors print one line on stderr, never a traceback (set ORTDECODE_DEBUG=1 for one); so do unexpected
 exceptions, as "internal error". Exit status: 0 success; 1 the model folder, the provider or the export
@@ -145,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check an export's files against the sha256 in its manifest")
     verify.add_argument("model", metavar="DIR", nargs="?")
+
+    serve = commands.add_parser("serve", help="HTTP server with continuous batching (needs the serve extra)")
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="0: any free port (the listening line says which)")
+    serve.add_argument("--max-batch-rows", type=int, default=16, metavar="N",
+                       help="decoder rows in the running batch (beams and samples count as rows)")
+    serve.add_argument("--max-batch-tokens", type=int, default=8192, metavar="N",
+                       help="sum of input length + max_new_tokens over the running requests")
+    serve.add_argument("--max-concurrent-requests", type=int, default=64, metavar="N",
+                       help="requests running or waiting; more are answered 429")
+    serve.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="a request past it ends with its partial text, finish reason 'time'")
+    serve.add_argument("--grace-period", type=float, default=30.0, metavar="SECONDS",
+                       help="how long SIGTERM / Ctrl-C wait for running requests")
+    serve.add_argument("--no-continuous-batching", action="store_true",
+                       help="static batches: requests join only when the running batch has finished")
 
     check = commands.add_parser("check", help="hashes, graph signatures against the manifest, and a one-token "
                                               "smoke decode; exit 0 only when all hold")
@@ -366,10 +383,31 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
+def _serve(args) -> int:
+    from . import default_model_path, read_manifest
+
+    try:
+        from .serve.server import ServeSettings, serve
+    except ImportError as exc:
+        raise OrtDecodeError(f'`ortdecode serve` needs the serve extra: pip install "ortdecode[serve]" ({exc})') from None
+    for name in ("max_batch_rows", "max_batch_tokens", "max_concurrent_requests"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} has to be >= 1, but is {getattr(args, name)}")
+    for name in ("request_timeout", "grace_period"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} has to be > 0 seconds, but is {getattr(args, name)}")
+    read_manifest(args.model or default_model_path())  # a folder that is no export fails before binding
+    return serve(ServeSettings(
+        model=args.model, host=args.host, port=args.port, provider=args.provider, threads=args.threads,
+        max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
+        max_concurrent_requests=args.max_concurrent_requests, request_timeout=args.request_timeout,
+        continuous=False if args.no_continuous_batching else None, grace_period=args.grace_period))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"generate": _generate, "score": _score, "export": _export, "adopt": _adopt, "validate": _validate,
-                "verify": _verify, "check": _check}
+                "verify": _verify, "check": _check, "serve": _serve}
     warnings.formatwarning = _one_line_warning
     try:
         return handlers[args.command](args)

@@ -215,7 +215,9 @@ class GenerationConfig:
 
     def check_token_ids(self, vocab_size: int) -> None:
         """Every token id an option names has to lie in [0, vocab_size): checked once the model is known."""
-        named = {"eos_token_id": self.eos_token_id, "forced_eos_token_id": self.forced_eos_token_id or (),
+        # decoder_start_token_id and pad_token_id are fed to the decoder: out of range fails inside the graph.
+        named = {"decoder_start_token_id": (self.decoder_start_token_id,), "pad_token_id": (self.pad_token_id,),
+                 "eos_token_id": self.eos_token_id, "forced_eos_token_id": self.forced_eos_token_id or (),
                  "forced_bos_token_id": () if self.forced_bos_token_id is None else (self.forced_bos_token_id,),
                  "suppress_tokens": self.suppress_tokens or (), "begin_suppress_tokens": self.begin_suppress_tokens or (),
                  "bad_words_ids": [t for ids in self.bad_words_ids or () for t in ids],
