@@ -244,7 +244,7 @@ BAD_REQUESTS = [
     ("/generate", {"inputs": "spell out: 1", "parameters": {"frobnicate": 1}}, r"unknown generation option\(s\): frobnicate"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"input_ids": [[1]]}}, r"`input_ids` is not a generation option"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"decoder_start_token_id": 10**6}},
-     r"`decoder_start_token_id` has to be a token id in \[0, 160\)"),
+     r"`decoder_start_token_id` has to hold token ids in \[0, 160\)"),
     ("/generate", {"inputs": "  ", "parameters": {}}, r"`texts\[0\]` is empty or whitespace only"),
     ("/generate", {"inputs": "spell out: 1 " * 300}, r"more than `max_input_tokens` \(512\)"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"num_beams": 17}}, r"needs 17 decoder rows"),
