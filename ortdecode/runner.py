@@ -93,6 +93,19 @@ def graph_roles(uses_merged: bool) -> list[str]:
     return [mf.ENCODER, *decoders, mf.CACHE_REORDER]
 
 
+def pad_to_multiple(input_ids: np.ndarray, attention_mask: np.ndarray, multiple: int,
+                    pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad int64[batch, source_len] inputs with masked pad tokens to a multiple of `multiple` columns.
+
+    LongT5's encoder attends in blocks; the traced graph keeps the padding to whole blocks that transformers
+    computes from the traced length, so it only runs on whole blocks. Masked padding changes no output."""
+    extra = -input_ids.shape[1] % multiple
+    if not extra:
+        return input_ids, attention_mask
+    widths = ((0, 0), (0, extra))
+    return np.pad(input_ids, widths, constant_values=pad_token_id), np.pad(attention_mask, widths, constant_values=0)
+
+
 @dataclass
 class DecoderState:
     """What one generate call keeps between decoder steps. Tensors are `OrtValue`s on the runner's
@@ -260,6 +273,8 @@ class Runner:
         later steps keep binding the one-row-per-input encoder output, which their branch never reads."""
         n = self.names
         inputs = input_ids.shape[0]
+        input_ids, attention_mask = pad_to_multiple(input_ids, attention_mask, self.manifest.encoder_length_multiple,
+                                                    self.manifest.pad_token_id)
         host_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         mask = self._to_device(host_mask)
         binding = self.encoder.io_binding()
