@@ -26,7 +26,7 @@ from .results import GenerationResult, ScoreResult
 from .runner import Runner, graph_roles, uses_merged_decoder
 from .search import BeamSearch, TokenSearch, make_search
 from .stopping import INTERRUPTED, StopRules
-from .tokenizer import TextTokenizer
+from .tokenizer import ByteTokenizer, TextTokenizer, load_tokenizer
 
 DEFAULT_MODEL_NAME = "t5-numbers"
 # Input limit when the tokenizer names none (T5's tokenizers say 512). Inputs are bounded by default:
@@ -61,7 +61,7 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     manifest = read_manifest(folder)
     if verify:
         verify_checksums(folder, manifest, roles=graph_roles(uses_merged_decoder(folder, manifest, decoder_layout)))
-    tokenizer = TextTokenizer(folder, pad_token_id=manifest.pad_token_id)
+    tokenizer = load_tokenizer(folder, pad_token_id=manifest.pad_token_id)
     defaults = GenerationConfig.from_model_folder(
         folder, decoder_start_token_id=manifest.decoder_start_token_id,
         eos_token_id=list(manifest.eos_token_id), pad_token_id=manifest.pad_token_id)
@@ -71,8 +71,8 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
 
 
 class Generator:
-    def __init__(self, runner: Runner, tokenizer: TextTokenizer, defaults: GenerationConfig, manifest: Manifest,
-                 folder: Path):
+    def __init__(self, runner: Runner, tokenizer: TextTokenizer | ByteTokenizer, defaults: GenerationConfig,
+                 manifest: Manifest, folder: Path):
         self.runner = runner
         self.tokenizer = tokenizer
         self.defaults = defaults  # transformers' defaults + the model's generation_config.json
