@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator as PieceStream, Iterator, Sequence
 
 import numpy as np
 
 from .config import GenerationConfig
-from .errors import GenerationInterrupted, ModelFolderError
+from .errors import GenerationInterrupted, InputTooLongError, ModelFolderError
 from .manifest import Manifest, read_manifest, verify_checksums
 from .numerics import check_scores, log_softmax
 from .processors import LogitsProcessor, apply_processors, build_processors
@@ -121,8 +121,10 @@ class Generator:
             scores=scores_log,
         )
 
-    def stream(self, text: str, *, logits_processors: Sequence[LogitsProcessor] = (), **options) -> Iterator[str]:
-        """Yield the text of one generation piece by piece, as tokens are decoded (greedy or sampling)."""
+    def stream(self, text: str, *, logits_processors: Sequence[LogitsProcessor] = (),
+               **options) -> PieceStream[str, None, str]:
+        """Yield the text of one generation piece by piece, as tokens are decoded (greedy or sampling).
+        The generator's return value (`StopIteration.value`, or `yield from`) is the finish reason."""
         config = self._config(options)
         if config.is_beam_search or config.num_return_sequences != 1:
             raise ValueError("`stream` decodes one sequence: `num_beams` and `num_return_sequences` have to be 1, "
@@ -140,6 +142,7 @@ class Generator:
             if len(decoded) > len(emitted):
                 yield decoded[len(emitted):]
                 emitted = decoded
+        return search.finalize().finish_reasons[0]
 
     def score(self, sources: str | Sequence[str], targets: str | Sequence[str], *,
               return_logits: bool = False) -> ScoreResult:
@@ -254,8 +257,7 @@ class Generator:
         if not len(too_long):
             return input_ids, attention_mask
         if not config.truncate_input:
-            raise ValueError(f"input {int(too_long[0])} has {int(lengths[too_long[0]])} tokens, more than "
-                             f"`max_input_tokens` ({limit}); raise the limit or pass truncate_input=True to cut it")
+            raise InputTooLongError(int(too_long[0]), int(lengths[too_long[0]]), limit)
         warnings.warn(f"{len(too_long)} input(s) longer than max_input_tokens={limit} tokens were truncated",
                       stacklevel=3)
         ids, mask = input_ids[:, :limit].copy(), attention_mask[:, :limit].copy()

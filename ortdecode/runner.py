@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +30,15 @@ import numpy as np
 try:
     import onnxruntime as ort
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("ortdecode needs ONNX Runtime: pip install 'ortdecode[cpu]' (onnxruntime) or "
-                      "'ortdecode[gpu]' (onnxruntime-gpu), not both") from exc
+    raise ImportError('ortdecode needs ONNX Runtime: pip install "ortdecode[cpu]" (onnxruntime) or "ortdecode[gpu]" '
+                      '(onnxruntime-gpu), not both; from a checkout: pip install -e ".[cpu]"') from exc
 
 from . import manifest as mf
 from .errors import ModelFolderError, ProviderError
 
 _FLOAT_TYPES = {"float32": np.float32, "float16": np.float16}
 _said_provider = False
+_log = logging.getLogger("ortdecode")
 
 
 def _say_once(message: str) -> None:
@@ -176,9 +178,10 @@ class Runner:
             if provider == "cuda":
                 raise ProviderError(
                     f"provider 'cuda' requested, but onnxruntime {ort.__version__} has no CUDA execution provider "
-                    f"(available: {', '.join(ort.get_available_providers())}); install ortdecode[gpu] "
-                    "(onnxruntime-gpu) instead of onnxruntime")
-            _say_once("CUDA is not available in this onnxruntime build; using the CPU provider")
+                    f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu instead of "
+                    'onnxruntime: pip install "ortdecode[gpu]" (from a checkout: pip install -e ".[gpu]")')
+            # A CPU-only install chose this: say it only when asked (`ortdecode -v`, logging at INFO).
+            _log.info("CUDA is not available in this onnxruntime build; using the CPU provider")
             return "cpu", self._session(mf.ENCODER, "cpu")
         problem = cuda_library_problem()
         if problem is None:
