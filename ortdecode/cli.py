@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="log-probability of TARGET given SOURCE (teacher forcing)")
     _add_model_options(score)
-    score.add_argument("--source", required=True, action="append", help="once: score scores one pair")
-    score.add_argument("--target", required=True, action="append", help="once")
+    # Appended, so that a repeated --source is refused instead of silently keeping the last.
+    score.add_argument("--source", required=True, action="append", help="the source text (once)")
+    score.add_argument("--target", required=True, action="append", help="the target text to score (once)")
     score.add_argument("--json", action="store_true")
 
     export = commands.add_parser("export", help="export a Hugging Face T5 (hub id or folder) to ONNX")
