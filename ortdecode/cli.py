@@ -168,7 +168,8 @@ def _stream(texts: list[str], args, generator, options) -> None:
         pieces, output = generator.stream(text, **options), ""
 
         def end(reason: str) -> None:
-            print(json.dumps({"input": index, "text": output, "finish_reason": reason}) if args.json else "", flush=True)
+            final = {"input": index, "text": output, "finish_reason": reason}
+            print(json.dumps(final) if args.json else "", flush=True)
 
         try:
             while True:

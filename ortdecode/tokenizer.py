@@ -171,11 +171,13 @@ class ByteTokenizer:
         if token_id in self._added:
             return self._added[token_id]["content"]
         if not self.OFFSET <= token_id < self.OFFSET + self.BYTES:
-            raise ValueError(f"token id {token_id} is neither a byte (ids {self.OFFSET}..{self.OFFSET + self.BYTES - 1}) "
-                             f"nor an added token of this {BYTE_TOKENIZER_CLASS}")
+            last_byte = self.OFFSET + self.BYTES - 1
+            raise ValueError(f"token id {token_id} is neither a byte (ids {self.OFFSET}..{last_byte}) nor an added "
+                             f"token of this {BYTE_TOKENIZER_CLASS}")
         return chr(token_id - self.OFFSET)
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """transformers' `ByT5Tokenizer.decode(token_ids, skip_special_tokens)` with its other defaults."""
         texts, run = [], b""
         for token_id in (int(t) for t in token_ids):
             if skip_special_tokens and token_id in self._special_ids:
