@@ -27,9 +27,9 @@ from ortdecode import manifest as mf
 from ortdecode.errors import OrtDecodeError
 
 from .cache_reorder import reorder_names, write_cache_reorder_graph
+from .families import encoder_length_multiple, model_type_refusal, tokenizer_refusal
 from .out_dir import check_out_dir, export_lock, publish, staging_folder
 
-SUPPORTED_MODEL_TYPES = ("t5", "mt5")
 OPTIMUM_FILES = {
     mf.ENCODER: "encoder_model.onnx",
     mf.DECODER: "decoder_model.onnx",
@@ -104,15 +104,16 @@ def _load_checkpoint(source: str):
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load MODEL {source!r}: {str(exc).splitlines()[0]}") from None
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ExportError(f"MODEL {source!r} is a {config.model_type!r} model; ortdecode exports "
-                          f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    refusal = model_type_refusal(source, config.model_type)
+    if refusal:
+        raise ExportError(refusal)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
     except (OSError, ValueError) as exc:
         raise ExportError(f"MODEL {source!r} has no usable tokenizer: {str(exc).splitlines()[0]}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise ExportError(f"MODEL {source!r}: no fast tokenizer (tokenizer.json) could be made for it")
+    refusal = tokenizer_refusal(source, tokenizer)
+    if refusal:
+        raise ExportError(refusal)
     return config, tokenizer
 
 
@@ -287,7 +288,8 @@ def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source:
         d_kv=config.d_kv, d_model=config.d_model, vocab_size=config.vocab_size,
         pad_token_id=config.pad_token_id, eos_token_id=tuple(eos if isinstance(eos, list) else [eos]),
         decoder_start_token_id=config.decoder_start_token_id, dtype=dtype, target=target,
-        quantization=quantization, opset=graph_opset, versions=_versions(), export_options=export_options,
+        quantization=quantization, opset=graph_opset, encoder_length_multiple=encoder_length_multiple(config),
+        versions=_versions(), export_options=export_options,
         validation={"status": "running"} if export_options.get("validate") else {"status": "skipped"})
     manifest.write(folder)
     return manifest

@@ -6,7 +6,8 @@
 """
 
 from .config import GenerationConfig
-from .errors import ModelFolderError, NonFiniteLogitsError, OrtDecodeError, ProviderError
+from .errors import (GenerationInterrupted, InputTooLongError, ModelFolderError, NonFiniteLogitsError, OrtDecodeError,
+                     ProviderError)
 from .generator import Generator, UnvalidatedExportWarning, default_model_path, load
 from .manifest import Manifest, read_manifest, verify_checksums
 from .results import GenerationResult, ScoreResult
@@ -14,7 +15,7 @@ from .results import GenerationResult, ScoreResult
 __version__ = "0.1.0"
 
 __all__ = [
-    "GenerationConfig", "GenerationResult", "Generator", "Manifest", "ModelFolderError", "NonFiniteLogitsError",
-    "OrtDecodeError", "ProviderError", "ScoreResult", "UnvalidatedExportWarning", "default_model_path", "load",
-    "read_manifest", "verify_checksums", "__version__",
+    "GenerationConfig", "GenerationInterrupted", "GenerationResult", "Generator", "InputTooLongError", "Manifest",
+    "ModelFolderError", "NonFiniteLogitsError", "OrtDecodeError", "ProviderError", "ScoreResult",
+    "UnvalidatedExportWarning", "default_model_path", "load", "read_manifest", "verify_checksums", "__version__",
 ]

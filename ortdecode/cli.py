@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Sequence
 
-from .errors import GenerationInterrupted, OrtDecodeError
+from . import __version__
+from .errors import GenerationInterrupted, InputTooLongError, OrtDecodeError
+
+EXPORT_INSTALL_HINT = 'pip install "ortdecode[export]" (from a checkout: pip install -e ".[export]")'
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +37,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--allow-unvalidated", action="store_true",
                         help="load an export whose validation against PyTorch failed or did not finish")
+    parser.add_argument("--decoder-layout", choices=("auto", "split", "merged"), default="auto",
+                        help="decoder graphs to load: auto = merged when exported, else the split pair")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say on stderr which provider runs and when the model is loaded")
 
 
 def token_ids(text: str) -> list[int]:
@@ -47,6 +56,7 @@ def start_and_factor(text: str) -> tuple[int, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ortdecode", description="Decode T5 models exported to ONNX, with ONNX Runtime.")
+    parser.add_argument("--version", action="version", version=f"ortdecode {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = commands.add_parser("generate", help="generate text for each TEXT ('-' reads lines from stdin)")
@@ -87,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse inputs longer than N tokens (default: the tokenizer's limit, else 512)")
     gen.add_argument("--truncate-input", action="store_true", default=None,
                      help="cut inputs longer than the limit (with a warning) instead of refusing them")
-    gen.add_argument("-v", "--verbose", action="store_true", help="say on stderr when the model is loaded")
     gen.add_argument("--stream", action="store_true", help="print tokens as they are decoded (one TEXT at a time)")
-    gen.add_argument("--json", action="store_true", help="print one JSON object with every output")
+    gen.add_argument("--json", action="store_true", help="print one JSON object with every output (with --stream: "
+                                                         "JSON lines, one per piece and a last one per TEXT)")
     job = gen.add_argument_group("file mode (instead of TEXT): one JSON line per input, in input order, resumable")
     job.add_argument("--input", metavar="FILE", help="JSON Lines ({\"id\", \"text\", \"parameters\"}) or plain "
                                                     "text lines; '-' reads stdin")
@@ -101,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="log-probability of TARGET given SOURCE (teacher forcing)")
     _add_model_options(score)
-    score.add_argument("--source", required=True)
-    score.add_argument("--target", required=True)
+    # Appended, so that a repeated --source is refused instead of silently keeping the last.
+    score.add_argument("--source", required=True, action="append", help="the source text (once)")
+    score.add_argument("--target", required=True, action="append", help="the target text to score (once)")
     score.add_argument("--json", action="store_true")
 
     export = commands.add_parser("export", help="export a Hugging Face T5 (hub id or folder) to ONNX")
@@ -179,12 +190,17 @@ _GENERATE_OPTIONS = ("max_new_tokens", "min_new_tokens", "do_sample", "temperatu
 
 
 def _stdin_lines() -> list[str]:
+    """One input per line; a blank line is refused (naming it), so outputs line up with input lines."""
     data = sys.stdin.buffer.read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"stdin is not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from None
-    return [line for line in text.splitlines() if line.strip()]
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise ValueError(f"stdin line {number} is empty or whitespace only: every line is one input text")
+    return lines
 
 
 def _read_texts(texts: Sequence[str]) -> list[str]:
@@ -213,8 +229,48 @@ def _print_outputs(texts: list[str], result, args, generator, options) -> None:
               "are incomplete", file=sys.stderr)
 
 
+def _load(args):
+    from . import load
+
+    started = time.perf_counter()
+    generator = load(args.model, provider=args.provider, threads=args.threads, decoder_layout=args.decoder_layout,
+                     allow_unvalidated=args.allow_unvalidated)
+    if args.verbose:
+        layout = "merged" if generator.runner.uses_merged else "split"
+        print(f"ortdecode: loaded {generator.folder} ({layout} decoder) on {generator.provider} in "
+              f"{time.perf_counter() - started:.2f} s", file=sys.stderr, flush=True)
+    return generator
+
+
+def _stream(texts: list[str], args, generator, options) -> None:
+    """Plain: each TEXT's output on its own line as it grows. --json: JSON lines, {"input": i, "piece": ...}
+    per piece, then {"input": i, "text": ..., "finish_reason": ...} (also after Ctrl-C: "interrupted").
+    A refused request (ValueError, raised before the first piece) prints nothing."""
+    for index, text in enumerate(texts):
+        pieces, output = generator.stream(text, **options), ""
+
+        def end(reason: str) -> None:
+            final = {"input": index, "text": output, "finish_reason": reason}
+            print(json.dumps(final) if args.json else "", flush=True)
+
+        try:
+            while True:
+                try:
+                    piece = next(pieces)
+                except StopIteration as finished:
+                    reason = finished.value  # stream's return value
+                    break
+                output += piece
+                print(json.dumps({"input": index, "piece": piece}) if args.json else piece,
+                      end="\n" if args.json else "", flush=True)
+        except KeyboardInterrupt:
+            end("interrupted")
+            raise
+        end(reason)
+
+
 def _generate(args) -> int:
-    from . import GenerationConfig, default_model_path, load, read_manifest
+    from . import GenerationConfig, default_model_path, read_manifest
     from .generator import check_texts
 
     # Bad input is reported before any session starts (and before the provider notice).
@@ -227,38 +283,32 @@ def _generate(args) -> int:
         raise ValueError("generate needs TEXT arguments, or --input FILE --output FILE")
     texts = _read_texts(args.texts)
     check_texts(texts, "texts")
-    started = time.perf_counter()
-    generator = load(args.model, provider=args.provider, threads=args.threads, allow_unvalidated=args.allow_unvalidated)
-    if args.verbose:
-        print(f"ortdecode: loaded {generator.folder} on {generator.provider} in {time.perf_counter() - started:.2f} s",
-              file=sys.stderr, flush=True)
-    if args.stream:
-        for text in texts:
-            try:
-                for piece in generator.stream(text, **options):
-                    print(piece, end="", flush=True)
-            finally:
-                print(flush=True)  # end the line, also when Ctrl-C stops it
-        return 0
+    generator = _load(args)
     try:
-        result = generator.generate(texts, **options)
-    except GenerationInterrupted as interrupted:
-        _print_outputs(texts, interrupted.result, args, generator, options)
-        raise
+        if args.stream:
+            _stream(texts, args, generator, options)
+            return 0
+        try:
+            result = generator.generate(texts, **options)
+        except GenerationInterrupted as interrupted:
+            _print_outputs(texts, interrupted.result, args, generator, options)
+            raise
+    except InputTooLongError as exc:  # the Python message names Python options
+        raise ValueError(f"input {exc.index + 1} has {exc.length} tokens, more than --max-input-tokens ({exc.limit}); "
+                         "raise it or pass --truncate-input to cut the input") from None
     _print_outputs(texts, result, args, generator, options)
     return 0
 
 
 def _generate_file(args, options: dict) -> int:
     """File mode: exit status 0 when every input succeeded, 3 when some became error records."""
-    from . import load
     from .batch_job import check_job_options, count_lines
 
     if args.texts or args.stream or args.json or args.input is None or args.output is None:
         raise ValueError("file mode takes --input FILE and --output FILE, and no TEXT, --stream or --json")
     job = {name: getattr(args, name) for name in ("batch_tokens", "batch_size") if getattr(args, name) is not None}
     check_job_options(**job)
-    generator = load(args.model, provider=args.provider, threads=args.threads)
+    generator = _load(args)
     bar = None
     if not args.quiet and sys.stderr.isatty():
         try:
@@ -289,14 +339,17 @@ def _generate_file(args, options: dict) -> int:
 
 
 def _score(args) -> int:
-    from . import load
-
-    generator = load(args.model, provider=args.provider, threads=args.threads, allow_unvalidated=args.allow_unvalidated)
-    result = generator.score([args.source], [args.target])
+    for name in ("source", "target"):
+        if len(getattr(args, name)) > 1:
+            raise ValueError(f"--{name} was given {len(getattr(args, name))} times; score takes one --source and "
+                             "one --target (run it once per pair)")
+    source, target = args.source[0], args.target[0]
+    generator = _load(args)
+    result = generator.score([source], [target])
     tokens = [generator.tokenizer.token(t) for t in result.tokens[0]]
     logprobs = result.token_logprobs[0]
     if args.json:
-        print(json.dumps({"source": args.source, "target": args.target, "token_ids": result.tokens[0],
+        print(json.dumps({"source": source, "target": target, "token_ids": result.tokens[0],
                           "tokens": tokens, "token_logprobs": [float(x) for x in logprobs],
                           "total_logprob": float(logprobs.sum())}, indent=2))
     else:
@@ -310,8 +363,7 @@ def _export_tools(command: str):
     try:
         import ortdecode_export
     except ImportError as exc:
-        raise OrtDecodeError(f"`ortdecode {command}` needs the export extra: pip install 'ortdecode[export]' "
-                             f"({exc})") from None
+        raise OrtDecodeError(f"`ortdecode {command}` needs the export extra: {EXPORT_INSTALL_HINT} ({exc})") from None
     return ortdecode_export
 
 
@@ -319,10 +371,20 @@ def _export(args) -> int:
     export_model = _export_tools("export").export_model
     fp16 = args.fp16 or args.dtype == "fp16"
     target = "cuda" if fp16 else args.target
-    export_model(args.model, args.out_dir, target=target, fp16=fp16, quantize=args.quantize,
-                 layout=args.layout, opset=args.opset, atol=args.atol, validate=not args.no_validate,
-                 force=args.force)
+    manifest = export_model(args.model, args.out_dir, target=target, fp16=fp16, quantize=args.quantize,
+                            layout=args.layout, opset=args.opset, atol=args.atol, validate=not args.no_validate,
+                            force=args.force)
+    print(_export_summary(Path(args.out_dir), manifest))
     return 0
+
+
+def _export_summary(folder: Path, manifest) -> str:
+    """One line: the folder, its size on disk, and the differences the validation measured (if it ran)."""
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    measured = [f"{name} {value:.3g}" for name, value in manifest.validation.items()
+                if isinstance(value, float) and ("diff" in name or "error" in name)]
+    validation = "; validation: " + ", ".join(measured) if measured else "; not validated"
+    return f"ortdecode: exported {folder} ({size / 1e6:.1f} MB, {len(manifest.graphs)} graphs){validation}"
 
 
 def _adopt(args) -> int:
@@ -409,6 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"generate": _generate, "score": _score, "export": _export, "adopt": _adopt, "validate": _validate,
                 "verify": _verify, "check": _check, "serve": _serve}
     warnings.formatwarning = _one_line_warning
+    if getattr(args, "verbose", False):  # the library's notices (e.g. which provider) are INFO log records
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("ortdecode: %(message)s"))
+        logging.getLogger("ortdecode").addHandler(handler)
+        logging.getLogger("ortdecode").setLevel(logging.INFO)
     try:
         return handlers[args.command](args)
     except (OrtDecodeError, ValueError, FileNotFoundError) as exc:

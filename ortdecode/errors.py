@@ -22,6 +22,15 @@ class NonFiniteLogitsError(OrtDecodeError, FloatingPointError):
     """A decoding step produced NaN or +inf logits or scores."""
 
 
+class InputTooLongError(ValueError):
+    """An input has more tokens than `max_input_tokens` and `truncate_input` was not asked for."""
+
+    def __init__(self, index: int, length: int, limit: int):
+        super().__init__(f"input {index} has {length} tokens, more than `max_input_tokens` ({limit}); raise the "
+                         "limit or pass truncate_input=True to cut it")
+        self.index, self.length, self.limit = index, length, limit
+
+
 class GenerationInterrupted(KeyboardInterrupt):
     """Ctrl-C during `generate`: a KeyboardInterrupt that carries what was generated so far in `result`
     (finish reason "interrupted" for the sequences that were still running)."""

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator as PieceStream, Iterator, Sequence
 
 import numpy as np
 
 from .config import GenerationConfig
 from .engine import BatchEngine
-from .errors import GenerationInterrupted, ModelFolderError
+from .errors import GenerationInterrupted, InputTooLongError, ModelFolderError
 from .manifest import Manifest, read_manifest, validation_problem, verify_checksums
 from .numerics import check_scores, log_softmax
 from .processors import LogitsProcessor
 from .results import GenerationResult, ScoreResult
 from .runner import Runner, graph_roles, uses_merged_decoder
 from .stopping import INTERRUPTED
-from .tokenizer import TextTokenizer
+from .tokenizer import ByteTokenizer, TextTokenizer, load_tokenizer
 
 DEFAULT_MODEL_NAME = "t5-numbers"
 # Input limit when the tokenizer names none (T5's tokenizers say 512). Inputs are bounded by default:
@@ -66,7 +66,7 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     _check_validation(folder, manifest, allow_unvalidated)
     if verify:
         verify_checksums(folder, manifest, roles=graph_roles(uses_merged_decoder(folder, manifest, decoder_layout)))
-    tokenizer = TextTokenizer(folder, pad_token_id=manifest.pad_token_id)
+    tokenizer = load_tokenizer(folder, pad_token_id=manifest.pad_token_id)
     defaults = GenerationConfig.from_model_folder(
         folder, decoder_start_token_id=manifest.decoder_start_token_id,
         eos_token_id=list(manifest.eos_token_id), pad_token_id=manifest.pad_token_id)
@@ -92,8 +92,8 @@ def _check_validation(folder: Path, manifest: Manifest, allow_unvalidated: bool)
 
 
 class Generator:
-    def __init__(self, runner: Runner, tokenizer: TextTokenizer, defaults: GenerationConfig, manifest: Manifest,
-                 folder: Path):
+    def __init__(self, runner: Runner, tokenizer: TextTokenizer | ByteTokenizer, defaults: GenerationConfig,
+                 manifest: Manifest, folder: Path):
         self.runner = runner
         self.tokenizer = tokenizer
         self.defaults = defaults  # transformers' defaults + the model's generation_config.json
@@ -132,8 +132,10 @@ class Generator:
             raise request.error
         return request.result
 
-    def stream(self, text: str, *, logits_processors: Sequence[LogitsProcessor] = (), **options) -> Iterator[str]:
-        """Yield the text of one generation piece by piece, as tokens are decoded (greedy or sampling)."""
+    def stream(self, text: str, *, logits_processors: Sequence[LogitsProcessor] = (),
+               **options) -> PieceStream[str, None, str]:
+        """Yield the text of one generation piece by piece, as tokens are decoded (greedy or sampling).
+        The generator's return value (`StopIteration.value`, or `yield from`) is the finish reason."""
         config = self._config(options)
         if config.is_beam_search or config.num_return_sequences != 1:
             raise ValueError("`stream` decodes one sequence: `num_beams` and `num_return_sequences` have to be 1, "
@@ -147,6 +149,7 @@ class Generator:
                 if update.error is not None:
                     raise update.error
                 yield from (delta for delta in update.text_deltas if delta)
+        return request.result.finish_reasons[0]
 
     def _engine_for_one_call(self, input_ids, attention_mask, config, logits_processors, stream_text: bool):
         """The batch engine with one request holding every row of a `generate` or `stream` call."""
@@ -251,8 +254,7 @@ class Generator:
         if not len(too_long):
             return input_ids, attention_mask
         if not config.truncate_input:
-            raise ValueError(f"input {int(too_long[0])} has {int(lengths[too_long[0]])} tokens, more than "
-                             f"`max_input_tokens` ({limit}); raise the limit or pass truncate_input=True to cut it")
+            raise InputTooLongError(int(too_long[0]), int(lengths[too_long[0]]), limit)
         warnings.warn(f"{len(too_long)} input(s) longer than max_input_tokens={limit} tokens were truncated",
                       stacklevel=3)
         ids, mask = input_ids[:, :limit].copy(), attention_mask[:, :limit].copy()

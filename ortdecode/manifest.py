@@ -97,6 +97,7 @@ class Manifest:
     target: str  # what the graphs were optimized for: "cpu" or "cuda"
     quantization: str | None  # None or "int8-dynamic"
     opset: int
+    encoder_length_multiple: int = 1  # LongT5: the encoder runs on whole attention blocks (inputs are padded)
     versions: dict = field(default_factory=dict)
     export_options: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
@@ -201,7 +202,8 @@ def _check_shape_fields(path: Path, manifest: Manifest) -> None:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             raise ModelFolderError(f"{path}: `{name}` has to be a positive integer, but is {value!r}")
 
-    for name in ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model", "vocab_size"):
+    for name in ("num_layers", "num_decoder_layers", "num_heads", "d_kv", "d_model", "vocab_size",
+                 "encoder_length_multiple"):
         positive(name)
     if len(manifest.layers) != manifest.num_decoder_layers:
         raise ModelFolderError(f"{path}: `num_decoder_layers` is {manifest.num_decoder_layers}, but `layers` names "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +32,15 @@ import numpy as np
 try:
     import onnxruntime as ort
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError("ortdecode needs ONNX Runtime: pip install 'ortdecode[cpu]' (onnxruntime) or "
-                      "'ortdecode[gpu]' (onnxruntime-gpu), not both") from exc
+    raise ImportError('ortdecode needs ONNX Runtime: pip install "ortdecode[cpu]" (onnxruntime) or "ortdecode[gpu]" '
+                      '(onnxruntime-gpu), not both; from a checkout: pip install -e ".[cpu]"') from exc
 
 from . import manifest as mf
 from .errors import ModelFolderError, ProviderError
 
 _FLOAT_TYPES = {"float32": np.float32, "float16": np.float16}
 _said_provider = False
+_log = logging.getLogger("ortdecode")
 
 
 def _say_once(message: str) -> None:
@@ -93,6 +95,19 @@ def graph_roles(uses_merged: bool) -> list[str]:
     """The graphs a runner loads (the export may hold more)."""
     decoders = [mf.DECODER_MERGED] if uses_merged else [mf.DECODER, mf.DECODER_WITH_PAST]
     return [mf.ENCODER, *decoders, mf.CACHE_REORDER]
+
+
+def pad_to_multiple(input_ids: np.ndarray, attention_mask: np.ndarray, multiple: int,
+                    pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad int64[batch, source_len] inputs with masked pad tokens to a multiple of `multiple` columns.
+
+    LongT5's encoder attends in blocks; the traced graph keeps the padding to whole blocks that transformers
+    computes from the traced length, so it only runs on whole blocks. Masked padding changes no output."""
+    extra = -input_ids.shape[1] % multiple
+    if not extra:
+        return input_ids, attention_mask
+    widths = ((0, 0), (0, extra))
+    return np.pad(input_ids, widths, constant_values=pad_token_id), np.pad(attention_mask, widths, constant_values=0)
 
 
 @dataclass
@@ -174,9 +189,10 @@ class Runner:
             if provider == "cuda":
                 raise ProviderError(
                     f"provider 'cuda' requested, but onnxruntime {ort.__version__} has no CUDA execution provider "
-                    f"(available: {', '.join(ort.get_available_providers())}); install ortdecode[gpu] "
-                    "(onnxruntime-gpu) instead of onnxruntime")
-            _say_once("CUDA is not available in this onnxruntime build; using the CPU provider")
+                    f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu instead of "
+                    'onnxruntime: pip install "ortdecode[gpu]" (from a checkout: pip install -e ".[gpu]")')
+            # A CPU-only install chose this: say it only when asked (`ortdecode -v`, logging at INFO).
+            _log.info("CUDA is not available in this onnxruntime build; using the CPU provider")
             return "cpu", self._session(mf.ENCODER, "cpu")
         problem = cuda_library_problem()
         if problem is None:
@@ -281,6 +297,8 @@ class Runner:
         encoder pass and one first decoder step; transformers runs both on every row)."""
         n = self.names
         inputs = input_ids.shape[0]
+        input_ids, attention_mask = pad_to_multiple(input_ids, attention_mask, self.manifest.encoder_length_multiple,
+                                                    self.manifest.pad_token_id)
         host_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         mask = self._to_device(host_mask)
         binding = self.encoder.io_binding()

@@ -39,9 +39,9 @@ class TinyModel:
     export: Path
 
     def torch_model(self):
-        from transformers import T5ForConditionalGeneration
+        from transformers import AutoModelForSeq2SeqLM
 
-        return T5ForConditionalGeneration.from_pretrained(self.checkpoint).eval()
+        return AutoModelForSeq2SeqLM.from_pretrained(self.checkpoint).eval()
 
     def hf_tokenizer(self):
         from transformers import AutoTokenizer

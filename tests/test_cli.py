@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from .conftest import TEXTS
@@ -195,3 +196,131 @@ def test_failed_and_unvalidated_exports_fail_check_and_need_allow_unvalidated(ti
                     "--target", "seven")
     assert run.returncode == 0 and run.stderr.startswith("ortdecode: warning: ") and "never compared" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- rough edges (issue 10)
+def test_version_is_the_installed_distributions():
+    from importlib import metadata
+
+    import ortdecode as package
+
+    run = ortdecode("--version")
+    assert run.returncode == 0 and run.stdout.strip() == f"ortdecode {package.__version__}"
+    assert package.__version__ == metadata.version("ortdecode")
+
+
+def test_generation_interrupted_is_public_and_documented():
+    from pathlib import Path
+
+    import ortdecode as package
+    from ortdecode.errors import GenerationInterrupted
+
+    assert package.GenerationInterrupted is GenerationInterrupted and "GenerationInterrupted" in package.__all__
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    finish_line = next(line for line in readme.splitlines() if "result.finish_reasons" in line)
+    assert "interrupted" in finish_line
+
+
+def test_stdin_keeps_one_output_per_line_and_refuses_a_blank_line_by_number(tiny_v1):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--max-new-tokens", "4", "-",
+                    stdin=f"{TEXTS[0]}\n \n{TEXTS[1]}\n")
+    assert_one_line_error(run, "stdin line 2 is empty or whitespace only")
+    assert run.returncode == 2 and run.stdout == ""
+
+
+def test_stream_json_prints_json_lines_ending_with_the_finish_reason(tiny_v1):
+    model = ("--model", str(tiny_v1.export), "--max-new-tokens", "6")
+    run = ortdecode("generate", *model, "--stream", "--json", TEXTS[0], TEXTS[1])
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    plain = ortdecode("generate", *model, "--json", TEXTS[0], TEXTS[1])
+    expected = json.loads(plain.stdout)["results"]
+    for index in (0, 1):
+        mine = [r for r in records if r["input"] == index]
+        assert "".join(r["piece"] for r in mine[:-1]) == mine[-1]["text"] == expected[index]["outputs"][0]
+        assert mine[-1]["finish_reason"] == expected[index]["finish_reasons"][0]
+
+
+def test_stream_with_beams_is_refused_without_printing_anything(tiny_v1):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--stream", "--num-beams", "2", TEXTS[0])
+    assert_one_line_error(run, "`stream` decodes one sequence")
+    assert run.stdout == ""
+
+
+def test_too_long_input_names_the_command_line_flags(tiny_v1):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--max-input-tokens", "3", TEXTS[0], TEXTS[1])
+    length = len(tiny_v1.hf_tokenizer()(TEXTS[0]).input_ids)  # the first TEXT, counted from 1 as stdin lines are
+    assert_one_line_error(run, f"input 1 has {length} tokens, more than --max-input-tokens (3)", "--truncate-input")
+    assert run.returncode == 2
+
+
+def test_truncation_notice_is_one_stderr_line(tiny_v1):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--provider", "cpu", "--max-new-tokens", "3",
+                    "--max-input-tokens", "3", "--truncate-input", TEXTS[1])
+    assert run.returncode == 0 and len(run.stdout.splitlines()) == 1
+    assert run.stderr.splitlines() == ["ortdecode: warning: 1 input(s) longer than max_input_tokens=3 tokens were "
+                                       "truncated"]
+
+
+def test_score_refuses_a_repeated_source(tiny_v1):
+    run = ortdecode("score", "--model", str(tiny_v1.export), "--source", "a", "--source", "b", "--target", "c")
+    assert_one_line_error(run, "--source was given 2 times; score takes one --source and one --target")
+    assert run.returncode == 2
+
+
+@pytest.mark.parametrize("layout", ["split", "merged"])
+def test_decoder_layout_picks_the_graphs(tiny_v1, layout):
+    run = ortdecode("generate", "--model", str(tiny_v1.export), "--provider", "cpu", "--decoder-layout", layout, "-v",
+                    "--max-new-tokens", "6", TEXTS[0])
+    assert run.returncode == 0 and f"({layout} decoder) on cpu" in run.stderr
+    auto = ortdecode("generate", "--model", str(tiny_v1.export), "--max-new-tokens", "6", TEXTS[0])
+    assert run.stdout == auto.stdout
+
+
+def test_decoder_layout_that_was_not_exported_is_one_line():
+    run = ortdecode("generate", "--decoder-layout", "merged", "spell out: 4")  # the default model is split only
+    assert_one_line_error(run, "decoder_layout='merged' but the export has no decoder_merged graph")
+    assert run.returncode == 1
+
+
+def test_split_layout_stores_the_decoder_weights_twice(tiny_v1):
+    """What the README says of --layout split: the pair holds the decoder weights twice, the merged graph once."""
+    import onnx
+    from onnx import numpy_helper
+
+    def weight_bytes(file):
+        graph = onnx.load(str(tiny_v1.export / file)).graph
+        return sum(numpy_helper.to_array(t).nbytes for t in graph.initializer if np.prod(t.dims) >= 1024)
+
+    first, with_past = weight_bytes("decoder_model.onnx"), weight_bytes("decoder_with_past_model.onnx")
+    merged = weight_bytes("decoder_model_merged.onnx")
+    assert first == merged  # every decoder weight, as the merged graph holds them once
+    assert first + with_past > 1.8 * merged  # with-past: all but the cross-attention key/value projections
+
+
+def test_export_prints_one_summary_line(tiny_v1, tmp_path):
+    out = tmp_path / "export"
+    run = ortdecode("export", str(tiny_v1.checkpoint), str(out))
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((out / "ortdecode.json").read_text())
+    size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+    assert run.stdout.splitlines() == [
+        f"ortdecode: exported {out} ({size_mb:.1f} MB, 4 graphs); validation: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in manifest["validation"].items()
+                    if isinstance(v, float) and ("diff" in k or "error" in k))]
+
+
+def test_missing_export_extra_names_both_install_forms(tmp_path):
+    code = ("import sys; sys.modules['ortdecode_export'] = None; from ortdecode.cli import main; "
+            f"sys.exit(main(['export', 'some-model', {str(tmp_path / 'out')!r}]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert_one_line_error(run, 'pip install "ortdecode[export]"', 'pip install -e ".[export]"')
+
+
+def test_license_is_an_spdx_string_for_setuptools_77():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"  # a TOML table is deprecated from setuptools 77
+    assert "setuptools>=77" in project["build-system"]["requires"]

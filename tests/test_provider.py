@@ -20,18 +20,22 @@ HAS_CUDA_PROVIDER = cuda_available()
 CUDA_LIBRARY_PROBLEM = cuda_library_problem() if HAS_CUDA_PROVIDER else None
 
 
-def generate_json(provider):
-    run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "generate", "--provider", provider, "--json",
+def generate_json(provider, *flags):
+    run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "generate", "--provider", provider, "--json", *flags,
                           "spell out: 42"], capture_output=True, text=True, timeout=600)
     return run, (json.loads(run.stdout) if run.returncode == 0 else None)
 
 
 @pytest.mark.skipif(HAS_CUDA_PROVIDER, reason="onnxruntime-gpu is installed")
-def test_cpu_build_auto_says_why_and_cuda_fails_naming_the_fix():
+def test_cpu_build_auto_says_why_only_with_verbose_and_cuda_fails_naming_the_fix():
     run, output = generate_json("auto")
     assert run.returncode == 0 and output["provider"] == "cpu" and output["results"][0]["outputs"] == ["forty-two"]
-    assert run.stderr.strip() == "ortdecode: CUDA is not available in this onnxruntime build; using the CPU provider"
-    with pytest.raises(ProviderError, match="has no CUDA execution provider .* install ortdecode\\[gpu\\]"):
+    assert run.stderr == ""  # a CPU-only install asked for nothing else
+    run, _ = generate_json("auto", "-v")
+    assert run.stderr.splitlines()[0] == \
+        "ortdecode: CUDA is not available in this onnxruntime build; using the CPU provider"
+    with pytest.raises(ProviderError, match='has no CUDA execution provider .* pip install "ortdecode\\[gpu\\]" '
+                                            '\\(from a checkout: pip install -e ".\\[gpu\\]"\\)'):
         ortdecode.load(provider="cuda")
 
 
