@@ -158,7 +158,7 @@ def markdown(result: dict, plot_name: str) -> str:
             out += ["", "Step cost against the generated length, greedy (ms per step / time to first token ms; in "
                     "brackets ortdecode's step time over CTranslate2's, median [min-max]):", ""]
             out += _grid(data, ("lengths",), lambda r: _step_cell(r) + (f" ({_spread(r['step_ratio'])})"
-                                                                        if "step_ratio" in r else ""))
+                                                                        if r.get("step_ratio") else ""))
         if any(r["kind"] == "mixed" for r in data["rows"]):
             out += ["", "A batch of inputs of mixed lengths (5 to 200 tokens, log-normal, median 40), greedy, "
                     "tokens/s:", ""]

@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
@@ -132,19 +133,38 @@ def engine_specs(art: artifacts.ModelArtifacts, device: str, threads: int, names
 
 
 class EngineProcess:
-    """benchmarks.worker in a fresh interpreter, with OpenMP/BLAS thread counts pinned to `threads`."""
+    """benchmarks.worker in a fresh interpreter, with OpenMP/BLAS thread counts pinned to `threads`. A request
+    unanswered within `timeout` seconds kills the worker (a hung engine must not hang the run)."""
 
-    def __init__(self, label: str, threads: int):
+    def __init__(self, label: str, threads: int, timeout: float = 1200):
         self.label = label
+        self.timeout = timeout
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                    OPENBLAS_NUM_THREADS=str(threads), PYTHONPATH=str(artifacts.ROOT))
         self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.worker"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=env, cwd=artifacts.ROOT)
+                                        stdout=subprocess.PIPE, bufsize=0, env=env, cwd=artifacts.ROOT)
+        self._pending = b""
+
+    def _line(self, deadline: float) -> str | None:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                self.process.kill()
+                self.process.wait()
+                raise TimeoutError(f"{self.label}: no answer within {self.timeout:.0f} s; its process was killed")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode(errors="replace")
 
     def request(self, **request) -> dict:
-        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.write((json.dumps(request) + "\n").encode())
         self.process.stdin.flush()
-        for line in self.process.stdout:
+        deadline = time.monotonic() + self.timeout
+        while (line := self._line(deadline)) is not None:
             if line.startswith("@@"):
                 answer = json.loads(line[2:])
                 if "error" in answer:
@@ -154,9 +174,13 @@ class EngineProcess:
 
     def close(self) -> None:
         if self.process.poll() is None:
-            self.process.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+            self.process.stdin.write((json.dumps({"cmd": "exit"}) + "\n").encode())
             self.process.stdin.close()
-            self.process.wait(timeout=60)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 @dataclass

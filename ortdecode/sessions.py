@@ -149,40 +149,38 @@ class SharedWeights:
             for tensor in graph_initializers(path, mapped).values():
                 candidates.setdefault(_fingerprint(mapped, tensor), []).append((index, mapped, tensor))
             mapped.madvise(mmap.MADV_DONTNEED)  # only headers and samples were read; drop them
-        group_of: dict[str, set[int]] = {}  # name -> the content groups it names (in any graph)
+        group_of: dict[str, set[int]] = {}  # name -> the content groups it names (-1: content held once)
         groups: list[tuple[mmap.mmap, _Initializer]] = []
         for holders in candidates.values():
             first = holders[0]
-            same = [h for h in holders[1:] if _same_bytes([first[1], h[1]], [first[2], h[2]])]
-            members = [first] + same
-            if len({index for index, _, _ in members}) > 1:  # held by at least two graphs
+            members = [first] + [h for h in holders[1:] if _same_bytes([first[1], h[1]], [first[2], h[2]])]
+            shared = len({index for index, _, _ in members}) > 1  # held by at least two graphs
+            if shared:
                 groups.append((first[1], first[2]))
-                for _, _, tensor in members:
-                    group_of.setdefault(tensor.name, set()).add(len(groups) - 1)
-            for _, _, tensor in holders:
-                if all(tensor is not m[2] for m in members):
-                    group_of.setdefault(tensor.name, set()).add(-1)  # this name also names unshared content
-        arrays = {}
+            for holder in holders:
+                group = len(groups) - 1 if shared and any(holder is m for m in members) else -1
+                group_of.setdefault(holder[2].name, set()).add(group)
+        self.arrays: dict[str, np.ndarray] = {}  # name -> the shared buffer (several names may share one)
+        self.values: dict[str, ort.OrtValue] = {}
+        self._buffers: list[np.ndarray] = []
+        by_group: dict[int, ort.OrtValue] = {}
         for name, ids in group_of.items():
-            if len(ids) == 1 and -1 not in ids:
-                mapped, tensor = groups[next(iter(ids))]
-                arrays[name] = np.frombuffer(mapped, dtype=tensor.dtype, offset=tensor.offset,
-                                             count=tensor.nbytes // np.dtype(tensor.dtype).itemsize
-                                             ).reshape(tensor.dims)
-        self.arrays = arrays
-        # One OrtValue per content group, whatever the names.
-        by_buffer: dict[int, ort.OrtValue] = {}
-        self.values = {}
-        for name, array in arrays.items():
-            key = array.__array_interface__["data"][0]
-            if key not in by_buffer:
-                by_buffer[key] = ort.OrtValue.ortvalue_from_numpy(array)
-            self.values[name] = by_buffer[key]
+            group = next(iter(ids))
+            if len(ids) > 1 or group < 0:  # a name for content held once, or for two contents: not shared
+                continue
+            if group not in by_group:
+                mapped, tensor = groups[group]
+                array = np.frombuffer(mapped, dtype=tensor.dtype, offset=tensor.offset,
+                                      count=tensor.nbytes // np.dtype(tensor.dtype).itemsize).reshape(tensor.dims)
+                self._buffers.append(array)
+                by_group[group] = ort.OrtValue.ortvalue_from_numpy(array)
+            self.arrays[name] = self._buffers[list(by_group).index(group)]
+            self.values[name] = by_group[group]
 
     @property
     def nbytes(self) -> int:
         """Bytes held once instead of once per graph."""
-        return sum(self.arrays[name].nbytes for name in {id(v): n for n, v in self.values.items()}.values())
+        return sum(array.nbytes for array in self._buffers)
 
     def apply(self, options: ort.SessionOptions) -> None:
         """Make sessions created with `options` use the shared buffers (names a graph lacks are ignored)."""

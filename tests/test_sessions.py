@@ -74,15 +74,19 @@ def _matmul_graph(path, weights: dict, weight_name: str):
 def test_names_with_different_content_are_not_shared_and_results_do_not_change(tmp_path):
     rng = np.random.default_rng(0)
     same = rng.standard_normal((32, 32), dtype=np.float32)
+    twos = np.full((32, 32), 2, np.float32)
     _matmul_graph(tmp_path / "a.onnx", {"w": np.ones((32, 32), np.float32), "e": same}, "e")
-    _matmul_graph(tmp_path / "b.onnx", {"w": np.full((32, 32), 2, np.float32), "f": same}, "f")
-    shared = SharedWeights([tmp_path / "a.onnx", tmp_path / "b.onnx"])
-    assert set(shared.values) == {"e", "f"}  # "w" names different content in a and b
-    assert shared.values["e"] is shared.values["f"]
+    _matmul_graph(tmp_path / "b.onnx", {"w": twos, "f": same}, "f")
+    _matmul_graph(tmp_path / "c.onnx", {"w": twos, "g": same}, "g")
+    shared = SharedWeights([tmp_path / f for f in ("a.onnx", "b.onnx", "c.onnx")])
+    # b and c hold the same "w", but a's "w" is other content under that name: not shared
+    assert set(shared.values) == {"e", "f", "g"}
+    assert shared.values["e"] is shared.values["f"] is shared.values["g"]
+    assert shared.nbytes == same.nbytes
     x = rng.standard_normal((2, 32), dtype=np.float32)
     options = ort.SessionOptions()
     shared.apply(options)
-    for graph in ("a.onnx", "b.onnx"):
+    for graph in ("a.onnx", "b.onnx", "c.onnx"):
         alone = ort.InferenceSession(str(tmp_path / graph), providers=["CPUExecutionProvider"])
         with_shared = ort.InferenceSession(str(tmp_path / graph), options, providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(with_shared.run(None, {"x": x})[0], alone.run(None, {"x": x})[0])
