@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     vocab = min(art.vocab_size, len(art.vocabulary)) - 1
     load_sources = [make_sources(0, 1, vocab)[0].tolist()]
     peak_sources = [s.tolist() for s in make_sources(0, 8, vocab)]
-    started = dt.datetime.now(dt.timezone.utc)
+    started, commit = dt.datetime.now(dt.timezone.utc), versions()
     loads = {label: [] for label in chosen}
     failures = []
     with tqdm(total=args.rounds * len(chosen), desc="memory", unit="process") as bar:
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
                 time.sleep(0.3)
                 bar.update(1)
     result = {"started": started.isoformat(timespec="seconds"), "model": "t5-small", "rounds": args.rounds,
-              "versions": versions(), "command": "python -m benchmarks.memory " + " ".join(argv or sys.argv[1:]),
+              "versions": commit, "command": "python -m benchmarks.memory " + " ".join(argv or sys.argv[1:]),
               "machine_note": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end: seconds are "
                               "taken under load, RSS is not affected",
               "speed_batches": args.speed, "failures": failures,

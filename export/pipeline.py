@@ -1,8 +1,7 @@
 """`export_model`: a Hugging Face T5 (hub id or folder) to an ortdecode export folder.
 
 Load, export, optimize, save, validate (CTranslate2's converter order): Optimum writes the encoder and
-decoder graphs; CUDA targets get ONNX Runtime's T5 fusions, int8 targets dynamic quantization, float32
-CPU targets an LM head that reads the shared embedding (export/tie_lm_head.py); the
+decoder graphs; CUDA targets get ONNX Runtime's T5 fusions, int8 targets dynamic quantization; the
 cache-reorder graph, tokenizer and configs are added; the manifest records names, shapes, ids, versions
 and sha256; finally the export is compared with PyTorch and the result written into the manifest.
 """
@@ -26,7 +25,6 @@ from ortdecode import manifest as mf
 from ortdecode.errors import OrtDecodeError
 
 from .cache_reorder import reorder_names, write_cache_reorder_graph
-from .tie_lm_head import tie_lm_head
 
 SUPPORTED_MODEL_TYPES = ("t5", "mt5")
 OPTIMUM_FILES = {
@@ -179,7 +177,6 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
         _empty_out_dir(out_dir)
         roles = [mf.ENCODER] + ([mf.DECODER, mf.DECODER_WITH_PAST] if layout in ("split", "both") else [])
         roles += [mf.DECODER_MERGED] if layout in ("merged", "both") else []
-        tied = 0  # decoder graphs whose LM head now reads the shared embedding
         with tempfile.TemporaryDirectory(prefix=".optimum-", dir=out_dir) as work:
             work = Path(work)
             from optimum.exporters.onnx import main_export
@@ -199,8 +196,6 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                     from .quantize import quantize_graph_int8
 
                     quantize_graph_int8(source, final)
-                elif role != mf.ENCODER:
-                    tied += tie_lm_head(source, final)
                 else:
                     shutil.move(str(source), str(final))
                 for extra in work.glob(OPTIMUM_FILES[role] + "_data"):  # external weights of > 2 GB graphs
@@ -242,7 +237,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             decoder_start_token_id=config.decoder_start_token_id, dtype=dtype, target=target,
             quantization="int8-dynamic" if quantize else None, opset=graph_opset, versions=_versions(),
             export_options={"target": target, "fp16": fp16, "quantize": quantize, "layout": layout,
-                            "opset": opset, "atol": atol, "lm_head_tied_to_embedding": tied > 0})
+                            "opset": opset, "atol": atol})
         manifest.write(out_dir)
         advance()
         if validate:
