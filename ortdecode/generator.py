@@ -54,7 +54,8 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     decoder_layout: "auto" (merged decoder when exported, else the split pair), "split" or "merged".
     session_options: an onnxruntime.SessionOptions to use as-is (profiling, custom settings).
     verify: compare the sha256 of the graphs it loads with the manifest first (about 1 s per GB).
-    share_weights: hold the weights several graphs share once (see ortdecode.sessions), prepacking off.
+    share_weights: hold the weights several graphs share once (see ortdecode.sessions), prepacking off;
+        the shared initializers and that setting are added to `session_options` when it is given.
 
     Everything is checked here, not at the first step: the manifest, the files it names (inside the
     folder, present, unchanged), each graph's inputs, outputs and KV shapes, the tokenizer.

@@ -3,11 +3,11 @@
 ONNX Runtime gives every `InferenceSession` its own copy of its graph's weights: the split decoder pair
 holds the decoder weights twice, the encoder and the decoder each hold the shared embedding. `SharedWeights`
 finds the initializers that several graphs hold with identical bytes, maps them from the graph files
-(copy-on-write, nothing is read until used) and hands ONNX Runtime one `OrtValue` per tensor through
+(copy-on-write; the byte comparison at load reads them once and drops the pages again) and hands ONNX Runtime one `OrtValue` per tensor through
 `SessionOptions.add_initializer`, so every session uses that one buffer.
 
 Prepacking would copy the shared MatMul weights again, once per session, into MLAS's packed layout;
-`options` therefore turns it off when anything is shared (measured: benchmarks/results/memory-*.md).
+`apply` therefore turns it off when anything is shared (measured: benchmarks/results/memory-*.md).
 
 The graph files are read with a minimal protobuf walk (ModelProto.graph -> GraphProto.initializer ->
 TensorProto dims, data_type, name, raw_data), because the runtime does not depend on the onnx package.
