@@ -61,7 +61,7 @@ class Worker:
         start = time.perf_counter()
         from . import engines
 
-        for module in engines.LIBRARIES[request["engine"]["kind"]]:
+        for module in engines.LIBRARIES.get(request["engine"]["kind"], ()):  # an unknown kind: make_engine says so
             importlib.import_module(module)
         imported = time.perf_counter()
         rss_imports = _mib("VmRSS")
