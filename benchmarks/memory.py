@@ -70,7 +70,8 @@ def markdown(result: dict) -> str:
                  if peer and not label.startswith("CTranslate2") else "")
         lines.append(f"| {label} | {v['weights_on_disk_mib']:.0f} | {fmt(v['rss_after_imports_mib'])} | "
                      f"{fmt(v['rss_after_load_mib'])} | {fmt(v['peak_rss_mib'])} | {ratio} | "
-                     f"{v['rss_end_anon_mib']['median']:.0f} + {v['rss_end_file_mib']['median']:.0f} | {fmt(v['load_s'], 2)} | "
+                     f"{v['rss_end_anon_mib']['median']:.0f} + {v['rss_end_file_mib']['median']:.0f} | "
+                     f"{fmt(v['load_s'], 2)} | "
                      f"{fmt(v['first_token_ready_s'], 2)} |")
     if result.get("failures"):
         lines += ["", "Rounds that failed (left out above): " + "; ".join(result["failures"]) + "."]

@@ -127,7 +127,8 @@ def markdown(result: dict, plot_name: str) -> str:
     threads = settings["threads"] or "default"
     out = [f"# ortdecode benchmarks ({result['device'].upper()})", "",
            f"Measured {result['started']} on {where} ({machine.get('cpu_count')} CPU cores, "
-           f"{machine.get('memory_gib', '?')} GiB; load average {_fmt(machine.get('load_average_at_start', [None])[0])} "
+           f"{machine.get('memory_gib', '?')} GiB; load average "
+           f"{_fmt(machine.get('load_average_at_start', [None])[0])} "
            f"at the start, {_fmt(machine.get('load_average_at_end', [None])[0])} at the end), commit "
            f"{versions.get('commit')}; {settings['rounds']} independent rounds (fresh processes each), each case a "
            f"full-length warm-up then the median of {settings['repeats']} timed generations"
@@ -152,7 +153,8 @@ def markdown(result: dict, plot_name: str) -> str:
                 "that engine, median [min-max] of the per-round ratios (ortdecode int8 over int8 peers, float32 "
                 "ortdecode over the others).", ""]
         out += _grid(data, ("grid",), _speed_cell)
-        out += ["", "Milliseconds per decoder step (the steps after the first) / time to first token (ms), medians:", ""]
+        out += ["", "Milliseconds per decoder step (the steps after the first) / time to first token (ms), "
+                "medians:", ""]
         out += _grid(data, ("grid",), _step_cell)
         if any(r["kind"] == "lengths" for r in data["rows"]):
             out += ["", "Step cost against the generated length, greedy (ms per step / time to first token ms; in "
@@ -198,8 +200,9 @@ def markdown(result: dict, plot_name: str) -> str:
         for name, profile in data.get("profile", {}).items():
             out += ["", f"ONNX Runtime profile of ortdecode, {name}: {profile['model_run_ms']:.0f} ms in session runs, "
                     f"{profile['kernel_ms']:.0f} ms in kernels. Top ops by kernel time:", ""]
-            out += _table(["op", "ms", "share"], [[op["op"], f"{op['ms']:.1f}", f"{100 * op['share_of_kernel_time']:.1f}%"]
-                                                  for op in profile["ops"]])
+            out += _table(["op", "ms", "share"],
+                          [[op["op"], f"{op['ms']:.1f}", f"{100 * op['share_of_kernel_time']:.1f}%"]
+                           for op in profile["ops"]])
         out.append("")
     return "\n".join(out) + "\n"
 
@@ -214,7 +217,8 @@ def plot(result: dict, path: Path) -> None:
 
     panels = []
     for model, data in result["models"].items():
-        panels += [(model, "workload", w) for w in dict.fromkeys(r["workload"] for r in data["rows"] if r["kind"] == "grid")]
+        workloads = dict.fromkeys(r["workload"] for r in data["rows"] if r["kind"] == "grid")
+        panels += [(model, "workload", w) for w in workloads]
         panels += [(model, "lengths", None)] if any(r["kind"] == "lengths" for r in data["rows"]) else []
         panels += [(model, "memory", None)] if data.get("loads") else []
     columns = min(3, len(panels))

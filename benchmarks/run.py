@@ -208,7 +208,8 @@ def make_cases(args, labels: list[str], vocab: int) -> list[Case]:
     mixed_engines = tuple(e for e in MIXED_ENGINES if e in labels)
     if len(mixed_engines) > 1:
         cases.append(Case(f"mixed/{args.mixed_batch}/{args.new_tokens}", "mixed", "greedy", args.mixed_batch,
-                          args.new_tokens, mixed_engines, as_lists(make_mixed_sources(args.seed, args.mixed_batch, vocab)),
+                          args.new_tokens, mixed_engines,
+                          as_lists(make_mixed_sources(args.seed, args.mixed_batch, vocab)),
                           args.repeats))
     return cases
 
@@ -340,7 +341,8 @@ def profile_ortdecode(art, device: str, threads, batch: int, new_tokens: int, se
         if threads:
             options.intra_op_num_threads = threads
         generator = ortdecode.load(art.exports["fp32"], provider=provider, session_options=options)
-        ids, mask = padded([np.array(s) for s in make_sources(seed, batch, min(art.vocab_size, len(art.vocabulary)) - 1)])
+        vocab = min(art.vocab_size, len(art.vocabulary)) - 1
+        ids, mask = padded([np.array(s) for s in make_sources(seed, batch, vocab)])
         generator.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         return generator.runner.sessions
 

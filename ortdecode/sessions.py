@@ -3,8 +3,9 @@
 ONNX Runtime gives every `InferenceSession` its own copy of its graph's weights: the split decoder pair
 holds the decoder weights twice, the encoder and the decoder each hold the shared embedding. `SharedWeights`
 finds the initializers that several graphs hold with identical bytes, maps them from the graph files
-(copy-on-write; the byte comparison at load reads them once and drops the pages again) and hands ONNX Runtime one `OrtValue` per tensor through
-`SessionOptions.add_initializer`, so every session uses that one buffer.
+(copy-on-write; the byte comparison at load reads them once and drops the pages again) and hands ONNX
+Runtime one `OrtValue` per tensor through `SessionOptions.add_initializer`, so every session uses that
+one buffer.
 
 Prepacking would copy the shared MatMul weights again, once per session, into MLAS's packed layout;
 `apply` therefore turns it off when anything is shared (measured: benchmarks/results/memory-*.md).
