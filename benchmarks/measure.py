@@ -1,10 +1,13 @@
 """What the harness measures besides wall time: memory bandwidth, GEMM rate, bytes of decoder weights
-and FLOPs per step, weights on disk, and ONNX Runtime's per-op profile."""
+and FLOPs per step, weights on disk, peak RSS of a command in a fresh interpreter (benchmarks.batch), and
+ONNX Runtime's per-op profile."""
 
 from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -120,6 +123,20 @@ def decoder_step_flops(config: dict, rows: int, past: int, source: int) -> float
 def weights_on_disk(folder: Path, files: list[str]) -> int:
     """Bytes of the model files an engine loads (graphs and their external data, or CTranslate2's model.bin)."""
     return sum((Path(folder) / f).stat().st_size for f in files)
+
+
+def peak_rss_in_subprocess(code: str, timeout: float = 900) -> float:
+    """Run `code` in a fresh interpreter and return its peak resident set size in MiB.
+
+    VmHWM (/proc/self/status) belongs to the new address space; getrusage's ru_maxrss would not do: Linux
+    keeps it across execve, so a child forked from a large parent reports the parent's size."""
+    wrapper = code + ("\nfor line in open('/proc/self/status'):\n"
+                      "    if line.startswith('VmHWM:'): print('PEAK_RSS_KB=' + line.split()[1])")
+    run = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, timeout=timeout)
+    for line in run.stdout.splitlines():
+        if line.startswith("PEAK_RSS_KB="):
+            return int(line.split("=")[1]) / 1024
+    raise RuntimeError(f"RSS probe failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else run.stdout}")
 
 
 def ort_op_profile(run_generation, profile_dir: Path, top: int = 12) -> dict:
