@@ -120,9 +120,9 @@ def decoder_step_flops(config: dict, rows: int, past: int, source: int) -> float
     return 2.0 * rows * (layers * per_layer + d_model * config["vocab_size"])
 
 
-def weights_on_disk(folder: Path, files: list[str]) -> int:
-    """Bytes of the model files an engine loads (graphs and their external data, or CTranslate2's model.bin)."""
-    return sum((Path(folder) / f).stat().st_size for f in files)
+def weights_on_disk_mib(files: list[Path]) -> float:
+    """MiB of the model files an engine loads (graphs and their external data, or CTranslate2's model.bin)."""
+    return sum(Path(f).stat().st_size for f in files) / 2**20
 
 
 def peak_rss_in_subprocess(code: str, timeout: float = 900) -> float:

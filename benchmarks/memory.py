@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import artifacts
+from . import artifacts, measure
 from .run import RESULTS, EngineProcess, _rotated, engine_specs, make_sources, spread, versions
 
 NO_PREPACK = {"session.disable_prepacking": "1"}
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
                               "taken under load, RSS is not affected",
               "speed_batches": args.speed, "failures": failures,
               "variants": {label: {**{key: spread([load[key] for load in runs]) for key in runs[0]},
-                                   "weights_on_disk_mib": sum(Path(f).stat().st_size for f in chosen[label][1]) / 2**20,
+                                   "weights_on_disk_mib": measure.weights_on_disk_mib(chosen[label][1]),
                                    "spec": chosen[label][0]}
                            for label, runs in loads.items() if runs}}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -322,7 +322,7 @@ def summarize_loads(specs: dict, rounds: list[dict]) -> dict:
     for label, (_, files) in specs.items():
         loads = [rd[label]["load"] for rd in rounds]
         out[label] = {key: spread([load[key] for load in loads]) for key in loads[0]}
-        out[label]["weights_on_disk_mib"] = sum(Path(f).stat().st_size for f in files) / 2**20
+        out[label]["weights_on_disk_mib"] = measure.weights_on_disk_mib(files)
     for label, entry in out.items():
         ours = out.get("ortdecode int8" if "int8" in label else "ortdecode")
         if ours is None or label.startswith("ortdecode"):
