@@ -23,7 +23,7 @@ class ModelArtifacts:
     name: str
     description: str
     checkpoint: Path
-    exports: dict[str, Path] = field(default_factory=dict)  # "fp32", "int8", "cuda-fp32", "cuda-fp16"
+    exports: dict[str, Path] = field(default_factory=dict)  # "fp32", "int8", "cuda-fp32", "cuda-fp16", "merged"
     ctranslate2: dict[str, Path] = field(default_factory=dict)  # "float32", "int8"
     failed_exports: dict[str, str] = field(default_factory=dict)
     vocabulary: list[str] = field(default_factory=list)
@@ -63,7 +63,7 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     if _done(path):
         return path
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
-               "cuda-fp16": {"target": "cuda", "fp16": True}}[variant]
+               "cuda-fp16": {"target": "cuda", "fp16": True}, "merged": {"layout": "merged"}}[variant]
     export_model(str(checkpoint), path, force=True, progress=False, **options)
     return _mark(path)
 

@@ -8,6 +8,11 @@ Every engine gets the same token ids and must produce exactly `new_tokens` token
 - Optimum: `ORTModelForSeq2SeqLM.generate` on the same ONNX graphs as ortdecode (IO binding on CUDA,
   where Optimum supports it);
 - CTranslate2: its converter on the same checkpoint, same tokens given as vocabulary strings.
+
+Threads are pinned the same way for every engine (`make_engine`'s spec "threads", T): ONNX Runtime (ortdecode,
+Optimum) T intra-op threads, 1 inter-op thread, spin-waiting as "spinning" says (ONNX Runtime's default: on);
+CTranslate2 intra_threads=T, inter_threads=1; PyTorch set_num_threads(T), 1 inter-op thread; and the driver
+starts every engine's process with OMP_NUM_THREADS = MKL_NUM_THREADS = OPENBLAS_NUM_THREADS = T.
 """
 
 from __future__ import annotations
@@ -49,13 +54,34 @@ def padded(sources: list[np.ndarray], pad: int = 0) -> tuple[np.ndarray, np.ndar
     return ids, mask
 
 
+def ort_session_options(threads: int | None, spinning: bool = True, config: dict | None = None,
+                        cpu_mem_arena: bool = True):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.enable_cpu_mem_arena = cpu_mem_arena
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, str(value))
+    return options
+
+
 class OrtDecodeEngine:
     name = "ortdecode"
 
-    def __init__(self, export_dir, provider: str = "cpu", threads: int | None = None, label: str | None = None):
+    def __init__(self, export_dir, provider: str = "cpu", threads: int | None = None, label: str | None = None,
+                 spinning: bool = True, session_config: dict | None = None, decoder_layout: str = "auto",
+                 cpu_mem_arena: bool = True, share_weights: bool = False):
         import ortdecode
 
-        self.generator = ortdecode.load(export_dir, provider=provider, threads=threads)
+        options = ort_session_options(threads, spinning, session_config, cpu_mem_arena)
+        self.generator = ortdecode.load(export_dir, provider=provider, decoder_layout=decoder_layout,
+                                        session_options=options, share_weights=share_weights)
         self.name = label or self.name
 
     def run(self, sources, workload: Workload, new_tokens: int, seed: int = 0) -> np.ndarray:
@@ -74,6 +100,7 @@ class TransformersEngine:
 
         if threads:
             torch.set_num_threads(threads)
+        torch.set_num_interop_threads(1)
         self.torch = torch
         self.device = device
         self.model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval().to(device)
@@ -91,14 +118,12 @@ class TransformersEngine:
 class OptimumEngine:
     name = "Optimum"
 
-    def __init__(self, export_dir, provider: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
+    def __init__(self, export_dir, provider: str = "cpu", threads: int | None = None, spinning: bool = True):
         import torch
         from optimum.onnxruntime import ORTModelForSeq2SeqLM
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        options = ort_session_options(threads, spinning)
+        torch.set_num_interop_threads(1)
         self.torch = torch
         cuda = provider == "cuda"
         self.device = "cuda" if cuda else "cpu"
@@ -140,3 +165,31 @@ class CTranslate2Engine:
                                                   min_decoding_length=new_tokens, **options)
         rows = [[self.index.get(t, 2) for t in r.hypotheses[0]] for r in results]
         return np.array([row + [0] * (new_tokens - len(row)) for row in rows], dtype=np.int64)
+
+
+# The libraries each engine kind imports, so that import time and memory are told apart from loading.
+LIBRARIES = {"ortdecode": ("ortdecode",), "transformers": ("torch", "transformers"),
+             "optimum": ("torch", "optimum.onnxruntime"), "ctranslate2": ("ctranslate2",)}
+
+
+def make_engine(spec: dict):
+    """An engine from a JSON-able spec: {"kind": "ortdecode" | "transformers" | "optimum" | "ctranslate2",
+    "path": folder, "device": "cpu" | "cuda", "threads": T, "spinning": bool, "label": name, plus
+    "compute_type" (CTranslate2), "session_config" (ONNX Runtime config entries), "decoder_layout",
+    "cpu_mem_arena" and "share_weights" (ortdecode)}."""
+    kind, path, device, threads = spec["kind"], spec["path"], spec.get("device", "cpu"), spec.get("threads")
+    provider = "cuda" if device == "cuda" else "cpu"
+    if kind == "ortdecode":
+        return OrtDecodeEngine(path, provider, threads, label=spec.get("label"), spinning=spec.get("spinning", True),
+                               session_config=spec.get("session_config"),
+                               decoder_layout=spec.get("decoder_layout", "auto"),
+                               cpu_mem_arena=spec.get("cpu_mem_arena", True),
+                               share_weights=spec.get("share_weights", False))
+    if kind == "transformers":
+        return TransformersEngine(path, device, threads)
+    if kind == "optimum":
+        return OptimumEngine(path, provider, threads, spinning=spec.get("spinning", True))
+    if kind == "ctranslate2":
+        return CTranslate2Engine(path, device=device, compute_type=spec["compute_type"], threads=threads,
+                                 label=spec.get("label"))
+    raise ValueError(f"unknown engine kind {kind!r}; known: ortdecode, transformers, optimum, ctranslate2")

@@ -1,5 +1,6 @@
-"""What the harness measures besides wall time: memory bandwidth, bytes of decoder weights per step,
-peak RSS of an engine in its own process, and ONNX Runtime's per-op profile."""
+"""What the harness measures besides wall time: memory bandwidth, GEMM rate, bytes of decoder weights
+and FLOPs per step, weights on disk, peak RSS of a command in a fresh interpreter (benchmarks.batch), and
+ONNX Runtime's per-op profile."""
 
 from __future__ import annotations
 
@@ -79,6 +80,49 @@ def decoder_weight_bytes(graph_path: Path) -> int:
             continue
         total += onnx.numpy_helper.to_array(tensor).nbytes
     return total
+
+
+def gemm_rates(threads: int, size: int = 1024, repeats: int = 7) -> dict:
+    """Float32 GEMM rate (GFLOP/s) of a size x size x size product, by ONNX Runtime's MatMul (MLAS, the
+    kernels ortdecode runs) with `threads` intra-op threads, and by NumPy's BLAS. The FLOP roofline uses
+    the best of them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])],
+                              [numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    flops = 2 * size ** 3
+    return {f"onnxruntime_matmul_{threads}_threads": flops / _median_seconds(lambda: session.run(None, {"a": a}),
+                                                                             repeats) / 1e9,
+            "numpy_blas": flops / _median_seconds(lambda: a @ b, repeats) / 1e9}
+
+
+def decoder_step_flops(config: dict, rows: int, past: int, source: int) -> float:
+    """FLOPs of one with-past decoder step of a T5 (config.json) for `rows` rows: every weight matrix
+    (self-attention Q/K/V/O, cross-attention Q/O, the feed-forward, the LM head; the cross K/V projections
+    ran at the first step), plus the attention products over `past` + 1 self positions and `source`
+    cross positions. 2 FLOPs per multiply-add."""
+    d_model, inner = config["d_model"], config["num_heads"] * config["d_kv"]
+    ff_matrices = 3 if "gated" in config.get("feed_forward_proj", "relu") else 2
+    layers = config.get("num_decoder_layers") or config["num_layers"]
+    per_layer = (4 * d_model * inner + 2 * d_model * inner + ff_matrices * d_model * config["d_ff"]
+                 + 2 * inner * (past + 1) + 2 * inner * source)
+    return 2.0 * rows * (layers * per_layer + d_model * config["vocab_size"])
+
+
+def weights_on_disk_mib(files: list[Path]) -> float:
+    """MiB of the model files an engine loads (graphs and their external data, or CTranslate2's model.bin)."""
+    return sum(Path(f).stat().st_size for f in files) / 2**20
 
 
 def peak_rss_in_subprocess(code: str, timeout: float = 900) -> float:

@@ -1,14 +1,18 @@
-"""The benchmark harness: `python -m benchmarks.run` (or `make bench`).
+"""The benchmark harness: `python -m benchmarks.run` (or `make bench`); `--quick` for a smoke run.
 
-Every engine runs the same inputs in one process, in turn: after a warm-up, each repetition times every
-engine once, rotating the order, and the median is reported. Ratios of ortdecode to each peer are taken
-within the run (the machine is shared and noisy; absolute times from different runs do not compare).
+Each engine runs in a process of its own (benchmarks.worker), threads pinned the same way for all (see
+benchmarks.engines). The engine set runs `--rounds` independent rounds in one command: each round starts
+fresh processes (so load time, time to first token and peak RSS are measured once per round), then every
+case runs on every engine in a rotating order, with a settle pause between engines. Within a round a case
+is a warm-up and `--repeats` timed generations (median). Each ratio of ortdecode to a peer is computed per
+round and reported as the median with its min and max; a target counts as met only when its worst round
+clears it (the machine is shared and noisy: absolute times from different runs do not compare).
 
-Per (model, workload, batch, engine): tokens/s, ms per decoder step (the with-past steps, encoder and
-first step excluded), time to first token (a generation of one token), and for ortdecode the roofline
-ratio: bytes of decoder weights read per step x steps per second / measured memory bandwidth. Per engine:
-peak RSS of a fresh process that loads the model and runs greedy batch 8. Results: JSON, Markdown and a
-PNG plot under benchmarks/results/.
+Cases: every workload x batch (64 new tokens, float32 and int8); step cost against the generated length
+(greedy, batch 1 and 8, ortdecode vs CTranslate2 float32); a batch of 32 inputs of mixed lengths (5-200
+tokens). Per engine and round: import, load and first-token-ready seconds, RSS after load, peak RSS (load
++ one greedy batch-8 generation), weights on disk. Per run: memory bandwidth, GEMM rate, the memory and
+FLOP rooflines, ONNX Runtime's per-op profile. Results: JSON, Markdown and a PNG plot under benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import datetime as dt
 import json
 import os
 import platform
+import select
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -29,11 +35,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import artifacts, measure, report
-from .engines import (WORKLOADS, CTranslate2Engine, OptimumEngine, OrtDecodeEngine, TransformersEngine, Workload,
-                      padded)
+from .engines import WORKLOADS, padded
 
 RESULTS = Path(__file__).resolve().parent / "results"
-INT8_BATCHES = (1, 8)
+LENGTH_ENGINES = ("ortdecode", "CTranslate2 float32")
+MIXED_ENGINES = ("ortdecode", "ortdecode int8", "CTranslate2 float32", "CTranslate2 int8")
 
 
 def machine_info(device: str) -> dict:
@@ -44,6 +50,7 @@ def machine_info(device: str) -> dict:
                 info["cpu"] = line.split(":", 1)[1].strip()
                 break
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+        info["load_average_at_start"] = os.getloadavg()
     except (OSError, ValueError):
         pass
     if device == "cuda":
@@ -75,109 +82,253 @@ def versions() -> dict:
     return out
 
 
-def make_sources(seed: int, batch: int, vocab_size: int) -> list[np.ndarray]:
-    """Random source token ids of 16 to 48 tokens, ending with EOS (1); identical for every engine."""
+def make_sources(seed: int, batch: int, vocab_size: int, lengths: tuple[int, int] = (16, 48)) -> list[np.ndarray]:
+    """Random source token ids of lengths[0] to lengths[1] tokens, ending with EOS (1); identical for every engine."""
     rng = np.random.default_rng([seed, batch])
-    return [np.append(rng.integers(3, vocab_size, size=int(rng.integers(16, 49))), 1) for _ in range(batch)]
+    return [np.append(rng.integers(3, vocab_size, size=int(rng.integers(lengths[0], lengths[1] + 1))), 1)
+            for _ in range(batch)]
 
 
-def build_engines(art: artifacts.ModelArtifacts, device: str, threads: int | None, names: list[str]) -> dict:
-    provider = "cuda" if device == "cuda" else "cpu"
-    engines = {}
+def make_mixed_sources(seed: int, batch: int, vocab_size: int) -> list[np.ndarray]:
+    """Sources of real-text-like lengths: log-normal (median 40 tokens), clipped to 5-200, EOS included,
+    with the shortest and the longest always present."""
+    rng = np.random.default_rng([seed, batch, 1])
+    lengths = np.clip(np.round(rng.lognormal(np.log(40), 0.8, size=batch)), 5, 200).astype(int)
+    lengths[0], lengths[-1] = 5, 200
+    return [np.append(rng.integers(3, vocab_size, size=n - 1), 1) for n in lengths]
+
+
+# ---------------------------------------------------------------- engines in processes of their own
+def engine_specs(art: artifacts.ModelArtifacts, device: str, threads: int, names: list[str],
+                 spinning: bool) -> dict[str, tuple[dict, list[Path]]]:
+    """label -> (the worker's engine spec, the model files that engine loads)."""
+    from ortdecode import manifest as mf
+    from ortdecode.runner import graph_roles, uses_merged_decoder
+
+    common = {"device": device, "threads": threads, "spinning": spinning}
+    specs = {}
     if "ortdecode" in names:
-        engines["ortdecode"] = OrtDecodeEngine(art.exports["fp32"], provider, threads)
-        for variant in ("int8", "cuda-fp32", "cuda-fp16"):
-            if variant in art.exports:
-                engines[f"ortdecode {variant}"] = OrtDecodeEngine(art.exports[variant], provider, threads,
-                                                                  label=f"ortdecode {variant}")
+        for variant, path in art.exports.items():
+            label = "ortdecode" if variant == "fp32" else f"ortdecode {variant}"
+            manifest = mf.read_manifest(path)
+            files = []
+            for role in graph_roles(uses_merged_decoder(path, manifest, "auto")):
+                files.append(path / manifest.graphs[role].file)
+                files += mf.external_data_of(path, manifest.graphs[role].file).values()
+            specs[label] = ({"kind": "ortdecode", "path": str(path), "label": label, **common}, files)
     if "transformers" in names:
-        engines["transformers"] = TransformersEngine(art.checkpoint, device, threads)
+        specs["transformers"] = ({"kind": "transformers", "path": str(art.checkpoint), **common},
+                                 sorted(art.checkpoint.glob("*.safetensors")) or sorted(art.checkpoint.glob("*.bin")))
     if "optimum" in names:
-        engines["Optimum"] = OptimumEngine(art.exports["fp32"], provider, threads)
+        fp32 = art.exports["fp32"]
+        specs["Optimum"] = ({"kind": "optimum", "path": str(fp32), **common},
+                            [fp32 / f for f in ("encoder_model.onnx", "decoder_model.onnx",
+                                                "decoder_with_past_model.onnx")])
     if "ctranslate2" in names:
         for quantization, path in art.ctranslate2.items():
             label = f"CTranslate2 {quantization}"
+            specs[label] = ({"kind": "ctranslate2", "path": str(path), "compute_type": quantization,
+                             "label": label, **common}, [path / "model.bin"])
+    return specs
+
+
+class EngineProcess:
+    """benchmarks.worker in a fresh interpreter, with OpenMP/BLAS thread counts pinned to `threads`. A request
+    unanswered within `timeout` seconds kills the worker (a hung engine must not hang the run)."""
+
+    def __init__(self, label: str, threads: int, timeout: float = 1200):
+        self.label = label
+        self.timeout = timeout
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   OPENBLAS_NUM_THREADS=str(threads), PYTHONPATH=str(artifacts.ROOT))
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.worker"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, bufsize=0, env=env, cwd=artifacts.ROOT)
+        self._pending = b""
+
+    def _line(self, deadline: float) -> str | None:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                self.process.kill()
+                self.process.wait()
+                raise TimeoutError(f"{self.label}: no answer within {self.timeout:.0f} s; its process was killed")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return None
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def request(self, **request) -> dict:
+        self.process.stdin.write((json.dumps(request) + "\n").encode())
+        self.process.stdin.flush()
+        deadline = time.monotonic() + self.timeout
+        while (line := self._line(deadline)) is not None:
+            if line.startswith("@@"):
+                answer = json.loads(line[2:])
+                if "error" in answer:
+                    raise RuntimeError(f"{self.label}, {request['cmd']}: {answer['error']}")
+                return answer
+        raise RuntimeError(f"{self.label}: the worker process ended (exit status {self.process.wait()})")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.write((json.dumps({"cmd": "exit"}) + "\n").encode())
+            self.process.stdin.close()
             try:
-                engines[label] = CTranslate2Engine(path, device=device, compute_type=quantization,
-                                                   threads=threads, label=label)
-            except (RuntimeError, ValueError) as exc:  # e.g. no CUDA build of CTranslate2 for this driver
-                print(f"skipping {label}: {exc}", file=sys.stderr)
-    return engines
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
-def _timed(engine, sources, workload: Workload, new_tokens: int, seed: int) -> float:
-    start = time.perf_counter()
-    sequences = engine.run(sources, workload, new_tokens, seed=seed)
-    elapsed = time.perf_counter() - start
-    generated = sequences.shape[1] - (0 if isinstance(engine, CTranslate2Engine) else 1)
-    if sequences.shape[0] != len(sources) or generated != new_tokens:
-        raise RuntimeError(f"{engine.name} returned {sequences.shape} for {len(sources)} inputs x {new_tokens} "
-                           "tokens: not the same work as the others")
-    return elapsed
+@dataclass
+class Case:
+    key: str  # "greedy/8/64", "lengths/1/256", "mixed/32/64"
+    kind: str  # "grid", "lengths", "mixed"
+    workload: str
+    batch: int
+    new_tokens: int
+    engines: tuple[str, ...]
+    sources: list
+    repeats: int
 
 
-def bench_model(art, engines: dict, workloads: list[str], batches: list[int], new_tokens: int, repeats: int,
-                seed: int, bar) -> list[dict]:
-    rows = []
-    for workload_name in workloads:
-        workload = WORKLOADS[workload_name]
-        for batch in batches:
-            taking_part = {name: e for name, e in engines.items()
-                           if not (("int8" in name) and (workload_name != "greedy" or batch not in INT8_BATCHES))}
-            sources = make_sources(seed, batch, min(art.vocab_size, len(art.vocabulary)) - 1)
-            totals = {name: [] for name in taking_part}
-            firsts = {name: [] for name in taking_part}
-            for name, engine in taking_part.items():  # warm-up
-                _timed(engine, sources, workload, new_tokens, seed)
-                _timed(engine, sources, workload, 1, seed)
-            names = list(taking_part)
-            for rep in range(repeats):
-                order = names[rep % len(names):] + names[:rep % len(names)]
-                for name in order:
-                    totals[name].append(_timed(taking_part[name], sources, workload, new_tokens, seed + rep))
-                    firsts[name].append(_timed(taking_part[name], sources, workload, 1, seed + rep))
+def make_cases(args, labels: list[str], vocab: int) -> list[Case]:
+    as_lists = lambda sources: [s.tolist() for s in sources]  # noqa: E731
+    cases = [Case(f"{w}/{b}/{args.new_tokens}", "grid", w, b, args.new_tokens, tuple(labels),
+                  as_lists(make_sources(args.seed, b, vocab)), args.repeats)
+             for w in args.workloads for b in args.batches]
+    length_engines = tuple(e for e in LENGTH_ENGINES if e in labels)
+    if len(length_engines) > 1:
+        cases += [Case(f"lengths/{b}/{n}", "lengths", "greedy", b, n, length_engines,
+                       as_lists(make_sources(args.seed, b, vocab)), 1)
+                  for b in (1, 8) for n in args.lengths]
+    mixed_engines = tuple(e for e in MIXED_ENGINES if e in labels)
+    if len(mixed_engines) > 1:
+        cases.append(Case(f"mixed/{args.mixed_batch}/{args.new_tokens}", "mixed", "greedy", args.mixed_batch,
+                          args.new_tokens, mixed_engines,
+                          as_lists(make_mixed_sources(args.seed, args.mixed_batch, vocab)),
+                          args.repeats))
+    return cases
+
+
+def _rotated(items, by: int) -> list:
+    items = list(items)
+    return items[by % len(items):] + items[:by % len(items)] if items else items
+
+
+def run_rounds(specs: dict, cases: list[Case], args, threads: int, vocab: int, model: str) -> list[dict]:
+    """Every round: fresh engine processes, loaded one at a time, then every case on every engine (rotating
+    order, `settle` seconds between engines). Returns per round: {label: {"load": ..., case key: ...}}."""
+    load_sources = [make_sources(args.seed, 1, vocab)[0].tolist()]
+    peak_sources = [s.tolist() for s in make_sources(args.seed, 8, vocab)]
+    total = args.rounds * (len(specs) + sum(len(c.engines) for c in cases))
+    rounds = []
+    with tqdm(total=total, desc=f"bench {model}", unit="run") as bar:
+        for r in range(args.rounds):
+            results = {label: {} for label in specs}
+            processes = {label: EngineProcess(label, threads) for label in specs}
+            try:
+                for label in _rotated(specs, r):
+                    time.sleep(args.settle)
+                    results[label]["load"] = processes[label].request(
+                        cmd="load", engine=specs[label][0], sources=load_sources, peak_sources=peak_sources,
+                        peak_new_tokens=64)
                     bar.update(1)
-            for name in names:
-                total, first = statistics.median(totals[name]), statistics.median(firsts[name])
-                rows.append({"model": art.name, "workload": workload_name, "batch": batch, "engine": name,
-                             "seconds": total, "seconds_all": totals[name], "tokens_per_s": batch * new_tokens / total,
-                             "ms_per_step": 1e3 * max(total - first, 0.0) / (new_tokens - 1),
-                             "ttft_ms": 1e3 * first})
+                for i, case in enumerate(cases):
+                    bar.set_postfix_str(f"round {r + 1}/{args.rounds} {case.key}")
+                    for label in _rotated(case.engines, r + i):
+                        time.sleep(args.settle)
+                        results[label][case.key] = processes[label].request(
+                            cmd="case", sources=case.sources, workload=case.workload, new_tokens=case.new_tokens,
+                            repeats=case.repeats, seed=args.seed)
+                        bar.update(1)
+            finally:
+                for process in processes.values():
+                    process.close()
+            rounds.append(results)
+    return rounds
+
+
+def measure_gemm(threads: int) -> dict:
+    process = EngineProcess("GEMM probe", threads)
+    try:
+        return process.request(cmd="gemm", threads=threads)
+    finally:
+        process.close()
+
+
+# ---------------------------------------------------------------- summaries
+def spread(values: list[float | None]) -> dict | None:
+    """Median, min and max over the rounds that have a value (None where no round has one)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None
+    return {"median": statistics.median(known), "min": min(known), "max": max(known), "rounds": values}
+
+
+def _ratio(ours: dict | None, theirs: dict | None) -> dict | None:
+    """Per-round ratios ours / theirs, over the rounds where both have a value."""
+    if ours is None or theirs is None:
+        return None
+    return spread([a / b if a and b else None for a, b in zip(ours["rounds"], theirs["rounds"])])
+
+
+def summarize(cases: list[Case], rounds: list[dict], config: dict, weight_bytes: dict, bandwidth: float,
+              gemm: float) -> list[dict]:
+    """One row per (case, engine): tokens/s, ms per step, time to first token, rooflines, each as median/min/max
+    over rounds, plus the per-round ratios of ortdecode (int8 against int8 peers) to every other engine."""
+    rows = []
+    for case in cases:
+        per_engine = {}
+        for label in case.engines:
+            totals = [statistics.median(rd[label][case.key]["seconds"]) for rd in rounds]
+            firsts = [statistics.median(rd[label][case.key]["first_token_seconds"]) for rd in rounds]
+            tps = [case.batch * case.new_tokens / t for t in totals]
+            # A round whose one-token generation outlasted the full one (noise) has no step cost: None.
+            steps = [1e3 * (t - f) / (case.new_tokens - 1) if t > f else None for t, f in zip(totals, firsts)]
+            row = {"case": case.key, "kind": case.kind, "workload": case.workload, "batch": case.batch,
+                   "new_tokens": case.new_tokens, "engine": label, "tokens_per_s": spread(tps),
+                   "ms_per_step": spread(steps), "ttft_ms": spread([1e3 * f for f in firsts])}
+            variant = "fp32" if label == "ortdecode" else label.removeprefix("ortdecode ")
+            if label.startswith("ortdecode") and variant in weight_bytes:
+                row["memory_roofline"] = spread([weight_bytes[variant] * 1e3 / s / (bandwidth * 1e9) if s else None
+                                                 for s in steps])
+            if case.workload == "greedy" and "int8" not in label:
+                source = statistics.mean(len(s) for s in case.sources)
+                flops = decoder_flops_mean(config, case.batch, case.new_tokens, source)
+                row["flop_roofline"] = spread([flops * 1e3 / s / (gemm * 1e9) if s else None for s in steps])
+            per_engine[label] = row
+        for label, row in per_engine.items():
+            ours = per_engine.get("ortdecode int8" if "int8" in label else "ortdecode")
+            if ours is None or label.startswith("ortdecode"):
+                continue
+            row["speedup"] = _ratio(ours["tokens_per_s"], row["tokens_per_s"])
+            row["ttft_ratio"] = _ratio(ours["ttft_ms"], row["ttft_ms"])
+            row["step_ratio"] = _ratio(ours["ms_per_step"], row["ms_per_step"])
+        rows += per_engine.values()
     return rows
 
 
-RSS_CODE = """
-import sys; sys.path.insert(0, {root!r})
-from benchmarks.engines import WORKLOADS, {cls}
-from benchmarks.run import make_sources
-engine = {cls}({args})
-engine.run(make_sources(0, 8, {vocab}), WORKLOADS['greedy'], {new_tokens})
-"""
+def decoder_flops_mean(config: dict, rows: int, new_tokens: int, source: float) -> float:
+    """Mean FLOPs of the with-past steps of a generation of `new_tokens` tokens."""
+    return statistics.mean(measure.decoder_step_flops(config, rows, past, source) for past in range(1, new_tokens))
 
 
-def peak_rss(art, engines: dict, device: str, threads, new_tokens: int) -> dict:
-    provider = "cuda" if device == "cuda" else "cpu"
-    vocab = min(art.vocab_size, len(art.vocabulary)) - 1
-    specs = {
-        "ortdecode": ("OrtDecodeEngine", f"{str(art.exports['fp32'])!r}, {provider!r}, {threads!r}"),
-        "transformers": ("TransformersEngine", f"{str(art.checkpoint)!r}, {device!r}, {threads!r}"),
-        "Optimum": ("OptimumEngine", f"{str(art.exports['fp32'])!r}, {provider!r}, {threads!r}"),
-    }
-    if "int8" in art.exports:
-        specs["ortdecode int8"] = ("OrtDecodeEngine", f"{str(art.exports['int8'])!r}, {provider!r}, {threads!r}")
-    for quantization, path in art.ctranslate2.items():
-        specs[f"CTranslate2 {quantization}"] = (
-            "CTranslate2Engine", f"{str(path)!r}, device={device!r}, compute_type={quantization!r}, threads={threads!r}")
+def summarize_loads(specs: dict, rounds: list[dict]) -> dict:
     out = {}
-    for name, (cls, args) in specs.items():
-        if name not in engines:
+    for label, (_, files) in specs.items():
+        loads = [rd[label]["load"] for rd in rounds]
+        out[label] = {key: spread([load[key] for load in loads]) for key in loads[0]}
+        out[label]["weights_on_disk_mib"] = measure.weights_on_disk_mib(files)
+    for label, entry in out.items():
+        ours = out.get("ortdecode int8" if "int8" in label else "ortdecode")
+        if ours is None or label.startswith("ortdecode"):
             continue
-        code = RSS_CODE.format(root=str(artifacts.ROOT), cls=cls, args=args, vocab=vocab, new_tokens=new_tokens)
-        try:
-            out[name] = measure.peak_rss_in_subprocess(code)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            out[name] = None
-            print(f"peak RSS of {name} not measured: {exc}", file=sys.stderr)
+        for key in ("peak_rss_mib", "rss_after_load_mib", "first_token_ready_s", "load_s"):
+            entry[f"{key}_ratio"] = _ratio(ours[key], entry[key])
     return out
 
 
@@ -190,7 +341,8 @@ def profile_ortdecode(art, device: str, threads, batch: int, new_tokens: int, se
         if threads:
             options.intra_op_num_threads = threads
         generator = ortdecode.load(art.exports["fp32"], provider=provider, session_options=options)
-        ids, mask = padded(make_sources(seed, batch, min(art.vocab_size, len(art.vocabulary)) - 1))
+        vocab = min(art.vocab_size, len(art.vocabulary)) - 1
+        ids, mask = padded([np.array(s) for s in make_sources(seed, batch, vocab)])
         generator.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
         return generator.runner.sessions
 
@@ -212,35 +364,73 @@ def int8_accuracy(art) -> dict:
     return out
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: t5-small, ortdecode and CTranslate2, batches 1 8, 16 new tokens, lengths "
+                             "16 64, 1 repeat per round, no profile; results tagged <device>-quick")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--models", nargs="+", default=["t5-small", "t5-numbers"])
-    parser.add_argument("--engines", nargs="+", default=["ortdecode", "transformers", "optimum", "ctranslate2"])
+    parser.add_argument("--models", nargs="+", default=None, help="default: t5-small t5-numbers")
+    parser.add_argument("--engines", nargs="+", default=None,
+                        help="default: ortdecode transformers optimum ctranslate2")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", nargs="+", type=int, default=None, help="default: 1 8 32")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 64")
+    parser.add_argument("--lengths", nargs="+", type=int, default=None,
+                        help="generated lengths of the step-cost cases (default: 64 256 1024)")
+    parser.add_argument("--mixed-batch", type=int, default=32, help="inputs in the mixed-length case")
+    parser.add_argument("--rounds", type=int, default=3, help="independent rounds (fresh processes each)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per case and round (default: 3)")
     parser.add_argument("--threads", type=int, default=None, help="threads per engine (default: every core)")
+    parser.add_argument("--no-spinning", action="store_true", help="ONNX Runtime threads do not spin-wait")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds of pause before each engine's turn (> KMP_BLOCKTIME, 0.2 s, so OpenMP and "
+                             "ONNX Runtime threads of the previous engine have stopped spinning)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--tag", default=None, help="result file name stem (default: <device>-latest)")
+    parser.add_argument("--tag", default=None, help="result file name stem (default: <device>-latest, or "
+                                                    "<device>-quick with --quick)")
     args = parser.parse_args(argv)
-    threads = args.threads or (os.cpu_count() if args.device == "cpu" else None)
+    quick = args.quick
+    defaults = {"models": ["t5-small"] if quick else ["t5-small", "t5-numbers"],
+                "engines": ["ortdecode", "ctranslate2"] if quick else ["ortdecode", "transformers", "optimum",
+                                                                       "ctranslate2"],
+                "batches": [1, 8] if quick else [1, 8, 32], "new_tokens": 16 if quick else 64,
+                "lengths": [16, 64] if quick else [64, 256, 1024], "repeats": 1 if quick else 3}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error("--rounds and --repeats have to be >= 1")
+    if args.new_tokens < 2 or min(args.lengths) < 2:
+        parser.error("--new-tokens and --lengths have to be >= 2 (a step cost needs a step after the first)")
+    args.no_profile = args.no_profile or quick
+    args.tag = args.tag or f"{args.device}-{'quick' if quick else 'latest'}"
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    threads = args.threads or (os.cpu_count() if args.device == "cpu" else None)
     started = dt.datetime.now(dt.timezone.utc)
     result = {"started": started.isoformat(timespec="seconds"), "device": args.device,
               "machine": machine_info(args.device), "versions": versions(),
-              "settings": {"new_tokens": args.new_tokens, "repeats": args.repeats, "threads": threads,
-                           "workloads": args.workloads, "batches": args.batches, "seed": args.seed},
+              "settings": {"new_tokens": args.new_tokens, "rounds": args.rounds, "repeats": args.repeats,
+                           "threads": threads, "ort_spinning": not args.no_spinning, "settle_s": args.settle,
+                           "workloads": args.workloads, "batches": args.batches, "lengths": args.lengths,
+                           "mixed_batch": args.mixed_batch, "seed": args.seed, "quick": args.quick},
               "models": {}}
     if args.device == "cpu":
         result["memory_bandwidth_gbs"] = measure.read_bandwidth(threads)
         bandwidth = max(result["memory_bandwidth_gbs"].values())
+        result["gemm_gflops"] = measure_gemm(threads)
+        gemm = max(result["gemm_gflops"].values())
     else:
         bandwidth = measure.gpu_bandwidth()
         result["memory_bandwidth_gbs"] = {"device_copy": bandwidth}
+        gemm = None
     for model_name in args.models:
         variants = ["fp32"] + (["int8"] if args.device == "cpu" and not args.no_int8 else [])
         variants += ["cuda-fp32", "cuda-fp16"] if args.device == "cuda" else []
@@ -248,38 +438,34 @@ def main(argv=None) -> int:
         quantizations = quantizations if "ctranslate2" in args.engines else []
         print(f"[{model_name}] preparing checkpoint, exports and conversions", file=sys.stderr)
         art = artifacts.prepare(model_name, variants, quantizations)
-        engines = build_engines(art, args.device, threads, args.engines)
-        runs = sum(len([n for n in engines if not ("int8" in n and (w != "greedy" or b not in INT8_BATCHES))])
-                   for w in args.workloads for b in args.batches) * args.repeats
-        with tqdm(total=runs, desc=f"bench {model_name}", unit="run") as bar:
-            rows = bench_model(art, engines, args.workloads, args.batches, args.new_tokens, args.repeats, args.seed,
-                               bar)
+        config = json.loads((art.checkpoint / "config.json").read_text())
+        vocab = min(art.vocab_size, len(art.vocabulary)) - 1
+        specs = engine_specs(art, args.device, threads, args.engines, spinning=not args.no_spinning)
+        cases = make_cases(args, list(specs), vocab)
+        rounds = run_rounds(specs, cases, args, threads, vocab, model_name)
         weight_bytes = {name: measure.decoder_weight_bytes(path / "decoder_with_past_model.onnx")
-                        for name, path in art.exports.items()}
-        for row in rows:
-            variant = {"ortdecode": "fp32"}.get(row["engine"], row["engine"].removeprefix("ortdecode "))
-            if row["engine"].startswith("ortdecode") and variant in weight_bytes and row["ms_per_step"] > 0:
-                row["roofline_ratio"] = weight_bytes[variant] * (1e3 / row["ms_per_step"]) / (bandwidth * 1e9)
-        del engines
-        model_result = {"description": art.description, "decoder_weight_bytes": weight_bytes, "rows": rows,
-                        "failed_exports": art.failed_exports}
-        print(f"[{model_name}] peak RSS and profile", file=sys.stderr)
-        model_result["peak_rss_mib"] = peak_rss(art, {r["engine"] for r in rows}, args.device, threads,
-                                                args.new_tokens)
-        model_result["profile"] = {f"greedy batch {b}": profile_ortdecode(art, args.device, threads, b, args.new_tokens,
-                                                                          args.seed) for b in (1, 8)}
+                        for name, path in art.exports.items() if (path / "decoder_with_past_model.onnx").exists()}
+        model_result = {"description": art.description, "decoder_weight_bytes": weight_bytes,
+                        "rows": summarize(cases, rounds, config, weight_bytes, bandwidth, gemm or 0.0),
+                        "loads": summarize_loads(specs, rounds), "failed_exports": art.failed_exports,
+                        "raw_rounds": rounds}
+        if not args.no_profile:
+            print(f"[{model_name}] ONNX Runtime profile", file=sys.stderr)
+            model_result["profile"] = {f"greedy batch {b}": profile_ortdecode(art, args.device, threads, b,
+                                                                              args.new_tokens, args.seed)
+                                       for b in (1, 8)}
         if model_name == "t5-numbers" and "int8" in art.exports:
             model_result["int8_accuracy"] = int8_accuracy(art)
         result["models"][model_name] = model_result
+    result["machine"]["load_average_at_end"] = os.getloadavg()
     result["targets"] = report.check_targets(result)
     result["seconds"] = round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1)
-    stem = args.tag or f"{args.device}-latest"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(report.markdown(result, plot_name=f"{stem}.png"))
-    report.plot(result, args.out / f"{stem}.png")
+    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.tag}.md").write_text(report.markdown(result, plot_name=f"{args.tag}.png"))
+    report.plot(result, args.out / f"{args.tag}.png")
     print(report.markdown_targets(result))
-    print(f"results: {args.out / (stem + '.md')}")
+    print(f"results: {args.out / (args.tag + '.md')}")
     return 0
 
 

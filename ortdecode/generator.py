@@ -47,7 +47,7 @@ def default_model_path() -> Path:
 
 def load(path: str | Path | None = None, provider: str = "auto", *, threads: int | None = None,
          decoder_layout: str = "auto", session_options=None, verify: bool = True,
-         allow_unvalidated: bool = False) -> "Generator":
+         allow_unvalidated: bool = False, share_weights: bool = False) -> "Generator":
     """Load an export folder made by `ortdecode export` (None: the embedded default model).
 
     provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
@@ -57,6 +57,8 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     verify: compare the sha256 of the graphs it loads with the manifest first (about 1 s per GB).
     allow_unvalidated: load an export whose validation against PyTorch failed or did not finish (refused
     by default), and one never validated without the `UnvalidatedExportWarning`.
+    share_weights: hold the weights several graphs share once (see ortdecode.sessions), prepacking off;
+        the shared initializers and that setting are added to `session_options` when it is given.
 
     Everything is checked here, not at the first step: the manifest, the files it names (inside the
     folder, present, unchanged), each graph's inputs, outputs and KV shapes, the tokenizer.
@@ -71,7 +73,7 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
         folder, decoder_start_token_id=manifest.decoder_start_token_id,
         eos_token_id=list(manifest.eos_token_id), pad_token_id=manifest.pad_token_id)
     runner = Runner(folder, manifest, provider=provider, threads=threads, decoder_layout=decoder_layout,
-                    session_options=session_options)
+                    session_options=session_options, share_weights=share_weights)
     return Generator(runner, tokenizer, defaults, manifest, folder)
 
 

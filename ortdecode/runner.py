@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import manifest as mf
 from .errors import ModelFolderError, ProviderError
+from .sessions import SharedWeights
 
 _FLOAT_TYPES = {"float32": np.float32, "float16": np.float16}
 _said_provider = False
@@ -138,7 +139,8 @@ class DecoderState:
 
 class Runner:
     def __init__(self, folder: str | Path, manifest: mf.Manifest, provider: str = "auto", threads: int | None = None,
-                 decoder_layout: str = "auto", session_options: ort.SessionOptions | None = None):
+                 decoder_layout: str = "auto", session_options: ort.SessionOptions | None = None,
+                 share_weights: bool = False):
         self.folder = Path(folder)
         self.manifest = manifest
         self.names = manifest.names
@@ -153,6 +155,12 @@ class Runner:
             if not (isinstance(threads, int) and threads >= 1):
                 raise ValueError(f"`threads` has to be an integer >= 1, but is {threads!r}")
             self.options.intra_op_num_threads = threads
+        # Weights that several graphs hold (the decoder pair's, the shared embedding) held once.
+        self.shared_weights = SharedWeights([self.folder / manifest.graphs[role].file for role in
+                                             graph_roles(self.uses_merged) if role != mf.CACHE_REORDER]) \
+            if share_weights else None
+        if self.shared_weights is not None:
+            self.shared_weights.apply(self.options)
 
         self.provider, self.encoder = self._open_first_session(provider)
         self.device_type = "cuda" if self.provider == "cuda" else "cpu"

@@ -28,9 +28,13 @@ def hf_generate(model, encoded, **options):
                               **options)
 
 
-@pytest.mark.parametrize("layout", ["split", "merged"])
-def test_per_step_logits_match_pytorch(tiny, layout):
-    generator = ortdecode.load(tiny.export, provider="cpu", decoder_layout=layout)
+# Every way the runner can hold the graphs: each decoder layout, with and without weights shared between sessions.
+SESSION_SETUPS = [("split", False), ("merged", False), ("split", True), ("merged", True)]
+
+
+@pytest.mark.parametrize("layout,share_weights", SESSION_SETUPS)
+def test_per_step_logits_match_pytorch(tiny, layout, share_weights):
+    generator = ortdecode.load(tiny.export, provider="cpu", decoder_layout=layout, share_weights=share_weights)
     tokenizer = tiny.hf_tokenizer()
     encoded = tokenizer(TEXTS, padding=True, return_tensors="np")
     ids, mask = encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
@@ -52,10 +56,10 @@ def test_greedy_sequences_and_texts_are_identical(reference):
         assert np.abs(ours - theirs.numpy()).max() <= 1e-4
 
 
-@pytest.mark.parametrize("layout", ["split", "merged"])
-def test_beam_search_sequences_and_scores_are_identical(reference, tiny, layout):
+@pytest.mark.parametrize("layout,share_weights", SESSION_SETUPS)
+def test_beam_search_sequences_and_scores_are_identical(reference, tiny, layout, share_weights):
     _, model, _, encoded = reference
-    generator = ortdecode.load(tiny.export, provider="cpu", decoder_layout=layout)
+    generator = ortdecode.load(tiny.export, provider="cpu", decoder_layout=layout, share_weights=share_weights)
     expected = hf_generate(model, encoded, max_new_tokens=16, num_beams=4)
     result = generator.generate(TEXTS, max_new_tokens=16, num_beams=4, return_scores=True)
     np.testing.assert_array_equal(result.sequences, expected.sequences.numpy())

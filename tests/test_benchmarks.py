@@ -1,0 +1,49 @@
+"""The benchmark harness's own machinery: an engine in a process of its own (benchmarks.worker driven by
+benchmarks.run.EngineProcess) on the embedded model, and the rule that a target is met only when its worst
+round clears it."""
+
+import os
+
+import pytest
+
+from benchmarks import report
+from benchmarks.run import EngineProcess, make_sources, spread
+
+
+@pytest.fixture()
+def worker():
+    process = EngineProcess("ortdecode", threads=1, timeout=300)
+    yield process
+    process.close()
+
+
+def test_an_engine_loads_and_runs_in_a_process_of_its_own(worker, default_model_dir):
+    spec = {"kind": "ortdecode", "path": str(default_model_dir), "threads": 1, "spinning": False}
+    load = worker.request(cmd="load", engine=spec, sources=[s.tolist() for s in make_sources(0, 1, 100)],
+                          peak_sources=[s.tolist() for s in make_sources(0, 8, 100)], peak_new_tokens=8)
+    assert worker.process.pid != os.getpid()
+    assert 0 < load["load_s"] < load["first_token_ready_s"]
+    assert load["rss_after_imports_mib"] < load["rss_after_load_mib"] <= load["peak_rss_mib"]
+    case = worker.request(cmd="case", sources=[s.tolist() for s in make_sources(0, 2, 100)], workload="beam 4",
+                          new_tokens=5, repeats=2, seed=0)
+    assert len(case["seconds"]) == len(case["first_token_seconds"]) == 2
+    assert all(total > 0 and first > 0 for total, first in zip(case["seconds"], case["first_token_seconds"]))
+    with pytest.raises(RuntimeError, match="ortdecode, case: KeyError: 'beam 9'"):
+        worker.request(cmd="case", sources=[[5, 1]], workload="beam 9", new_tokens=2, repeats=1, seed=0)
+
+
+def test_an_unknown_engine_kind_is_reported_by_the_driver(worker):
+    with pytest.raises(RuntimeError, match="unknown engine kind 'marian'"):
+        worker.request(cmd="load", engine={"kind": "marian", "path": "."}, sources=[[5, 1]], peak_sources=[[5, 1]],
+                       peak_new_tokens=2)
+
+
+def test_a_target_is_met_only_when_its_worst_round_clears_it():
+    rounds = spread([1.3, 0.97, 1.2])  # median 1.2, worst 0.97
+    assert (rounds["median"], rounds["min"], rounds["max"]) == (1.2, 0.97, 1.3)
+    assert report._target("at least", rounds, 1.0, at_least=True)["met"] is False
+    assert report._target("at least", rounds, 0.95, at_least=True)["met"] is True
+    assert report._target("at most", rounds, 1.25, at_least=False)["met"] is False
+    assert report._target("at most", rounds, 1.3, at_least=False)["met"] is True
+    assert spread([None, 2.0, None])["median"] == 2.0 and spread([None]) is None
+    assert report._target("not measured", None, 1.0, at_least=True)["met"] is None
