@@ -139,15 +139,15 @@ class BeamSearch:
         # transformers fills unused positions with `pad_token_id or eos_token_id[0]`: a pad id of 0
         # counts as unset, so T5 outputs are filled with EOS (1). Kept for identical sequences.
         self.fill = config.pad_token_id or config.eos_token_id[0]
-        shape = (self.batch, self.beams, self.max_length)
-        self.running = np.full(shape, self.fill, dtype=np.int64)
-        self.running[:, :, 0] = config.decoder_start_token_id
+        # Sequences grow by one column per step (not preallocated to max_length: every step gathers them,
+        # so a large max_new_tokens would make each step cost O(max_length)).
+        self.running = np.full((self.batch, self.beams, self.prompt_length), config.decoder_start_token_id,
+                               dtype=np.int64)
         self.running_scores = np.zeros((self.batch, self.beams), dtype=np.float32)
         self.running_scores[:, 1:] = _IMPOSSIBLE  # only the first beam is live at the start
         self.finished_seqs = self.running.copy()
         # Per generated position, the flat row (input * beams + beam) the token was chosen from; -1 unused.
-        self.running_beam_indices = np.full((self.batch, self.beams, self.max_length - self.prompt_length), -1,
-                                            dtype=np.int64)
+        self.running_beam_indices = np.full((self.batch, self.beams, 0), -1, dtype=np.int64)
         self.finished_beam_indices = self.running_beam_indices.copy()
         self.finished_scores = np.full((self.batch, self.beams), _IMPOSSIBLE, dtype=np.float32)
         self.finished_lengths = np.zeros((self.batch, self.beams), dtype=np.int64)
@@ -187,11 +187,11 @@ class BeamSearch:
         cand_scores = np.take_along_axis(total, picked, axis=1)
         cand_beam = picked // vocab
         cand_token = picked % vocab
-        cand_seqs = np.take_along_axis(self.running, cand_beam[:, :, None], axis=1)
-        cand_seqs[:, :, self.cur_len] = cand_token
+        cand_seqs = np.concatenate([np.take_along_axis(self.running, cand_beam[:, :, None], axis=1),
+                                    cand_token[:, :, None]], axis=2)
         cand_rows = cand_beam + np.arange(B)[:, None] * K
-        cand_beam_indices = np.take_along_axis(self.running_beam_indices, cand_beam[:, :, None], axis=1)
-        cand_beam_indices[:, :, self.cur_len - self.prompt_length] = cand_rows
+        cand_beam_indices = np.concatenate([np.take_along_axis(self.running_beam_indices, cand_beam[:, :, None],
+                                                               axis=1), cand_rows[:, :, None]], axis=2)
         cand_reasons = self._candidate_reasons(cand_seqs, lambda: scores[cand_rows.reshape(-1)])
         hits_stop = cand_reasons != RUNNING
 
@@ -238,8 +238,8 @@ class BeamSearch:
 
     def _merge_finished(self, seqs, beam_indices, scores, length, just_finished, reasons) -> None:
         """Keep the best `num_beams` of the finished hypotheses and the new ones."""
-        merged_seqs = np.concatenate([self.finished_seqs, seqs], axis=1)
-        merged_beam_indices = np.concatenate([self.finished_beam_indices, beam_indices], axis=1)
+        merged_seqs = np.concatenate(_same_length([self.finished_seqs, seqs], self.fill), axis=1)
+        merged_beam_indices = np.concatenate(_same_length([self.finished_beam_indices, beam_indices], -1), axis=1)
         merged_scores = np.concatenate([self.finished_scores, scores], axis=1)
         merged_lengths = np.concatenate([self.finished_lengths, np.full(scores.shape, length, dtype=np.int64)], axis=1)
         merged_finished = np.concatenate([self.is_finished, just_finished], axis=1)
@@ -284,6 +284,13 @@ class BeamSearch:
         beam_indices = self.finished_beam_indices[:, :n, :generated].reshape(-1, generated)
         return SearchOutput(sequences=sequences, finish_reasons=reason_names(self.finished_reasons[:, :n].reshape(-1)),
                             sequences_scores=self.finished_scores[:, :n].reshape(-1).copy(), beam_indices=beam_indices)
+
+
+def _same_length(arrays: list[np.ndarray], fill: int) -> list[np.ndarray]:
+    """Pad [batch, beams, length] arrays on the right with `fill` to the longest length."""
+    longest = max(a.shape[2] for a in arrays)
+    return [a if a.shape[2] == longest else np.pad(a, ((0, 0), (0, 0), (0, longest - a.shape[2])), constant_values=fill)
+            for a in arrays]
 
 
 def make_search(config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):
