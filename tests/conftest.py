@@ -69,6 +69,31 @@ def tiny_models(tmp_path_factory, default_model_dir) -> dict[str, TinyModel]:
     return models
 
 
+@pytest.fixture(scope="session")
+def ending_model(tmp_path_factory, default_model_dir) -> TinyModel:
+    """A tiny T5 (v1.1 shape) trained for 100 steps (~6 s) on the default model's number tasks: too
+    short to be right, long enough that EOS is a likely token after a few steps, so rows end by EOS at
+    different lengths and beam search's early-stopping paths run (random models almost never emit EOS)."""
+    from ortdecode_export import export_model
+    from ortdecode_export.checkpoints import make_random_t5
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from models.numbers import data, train
+
+    root = tmp_path_factory.mktemp("ending")
+    random = make_random_t5(root / "random", "tiny-v1.1", seed=1, tokenizer_dir=default_model_dir)
+    model, tokenizer = T5ForConditionalGeneration.from_pretrained(random), AutoTokenizer.from_pretrained(random)
+    plan = train.TrainingPlan(steps=100, batch_size=32, learning_rate=3e-3, warmup_steps=10, threads=1)
+    threads = torch.get_num_threads()
+    train.train(model, tokenizer, data.training_examples(0, plan.steps * plan.batch_size, set()), plan, progress=False)
+    torch.set_num_threads(threads)  # train() sets it for the whole process
+    checkpoint = train.save(model, tokenizer, root / "checkpoint")
+    export = root / "onnx"
+    export_model(str(checkpoint), export, layout="both", progress=False)
+    return TinyModel("ending", checkpoint, export)
+
+
 @pytest.fixture(scope="session", params=PRESETS)
 def tiny(request, tiny_models) -> TinyModel:
     return tiny_models[request.param]
