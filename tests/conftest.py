@@ -133,3 +133,23 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{section}{total}:")
         for key, value in entries.items():
             terminalreporter.write_line(f"    {key}: {value}")
+
+
+def transformers_token_logprobs(checkpoint: Path, sources: list[str], targets: list[str]):
+    """transformers' own teacher-forced scores: (label ids, log p(label | source, previous labels)) per
+    pair, from `model(..., labels=...)` logits, log-softmax at the label positions."""
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    encoded = tokenizer(sources, padding=True, return_tensors="pt")
+    labels = tokenizer(targets, padding=True, return_tensors="pt").input_ids
+    labels[labels == tokenizer.pad_token_id] = -100
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(**encoded, labels=labels).logits.double(), dim=-1)
+    out = []
+    for row, ids in enumerate(labels.tolist()):
+        ids = [t for t in ids if t != -100]
+        out.append((ids, logprobs[row, torch.arange(len(ids)), ids].numpy()))
+    return out

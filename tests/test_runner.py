@@ -7,6 +7,7 @@ import pytest
 import ortdecode
 from ortdecode.errors import ModelFolderError, ProviderError
 
+from . import ort_spy
 from .conftest import TEXTS
 
 
@@ -114,3 +115,27 @@ def test_copies_share_one_encoder_pass_and_decode_like_repeated_inputs(tiny_v1, 
         np.testing.assert_allclose(a, b, atol=1e-5)
         tokens = np.arange(12) % 7 + step  # rows of one input diverge after the first step
     assert shared.self_cache[0].shape() == repeated.self_cache[0].shape()
+
+
+# ---------------------------------------------------------------- device residency (CPU)
+@pytest.mark.parametrize("layout", ["split", "merged"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, layout, num_beams):
+    """The present KV of one step is the buffer bound as past at the next (same address); beam search
+    reorders it in the cache-reorder graph; nothing copies a cache tensor to the host (`numpy()` is only
+    called on the logits)."""
+    generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
+    spy = ort_spy.install(monkeypatch)
+    steps = 6
+    generator.generate(TEXTS[:4], max_new_tokens=steps, min_new_tokens=steps, num_beams=num_beams)
+    counts = ort_spy.follow_the_cache(spy, generator.manifest)
+    m = generator.manifest
+    decoder_runs = sum(n for graph, n in counts.items() if graph != m.graphs["cache_reorder"].file
+                       and graph != m.graphs["encoder"].file)
+    assert decoder_runs == steps
+    assert all(len(shape) == 3 and shape[1:] == (1, m.vocab_size) for shape in spy.host_copies), spy.host_copies
+    reorders = counts.get(m.graphs["cache_reorder"].file, 0)
+    if num_beams == 1:
+        assert reorders == 0
+    else:  # the first step's caches widened to the beams (self + cross), then one reorder per later step
+        assert reorders >= 2 + 3, counts

@@ -75,6 +75,24 @@ def test_stop_strings_end_sequences_as_transformers_does(generator, reference, n
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
+def test_multi_token_stop_strings_starting_and_ending_inside_tokens(generator, reference, num_beams):
+    # "ive hun" starts inside "▁five" and ends inside "▁hundred"; "d thousand n" spans three tokens and is
+    # completed by "▁nineteen", the last token before EOS: the reason is still "stop".
+    stop = ["ive hun", "d thousand n"]
+    ours = generator.generate(PROMPTS, max_new_tokens=30, stop=stop, num_beams=num_beams)
+    theirs = transformers_generate(reference, PROMPTS, stop=stop, num_beams=num_beams)
+    np.testing.assert_array_equal(ours.sequences, theirs)
+    assert ours.texts == ["four thousand five hundred", "twenty-first", "seven hundred thousand nineteen", "712"]
+    assert ours.finish_reasons == ["stop", "eos", "stop", "eos"]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_stop_string_of_two_whole_words(generator, num_beams):
+    result = generator.generate("spell out: 4567", stop="five hundred", num_beams=num_beams)
+    assert result.texts == ["four thousand five hundred"] and result.finish_reasons == ["stop"]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
 def test_extra_eos_ids_end_with_reason_stop(generator, reference, num_beams):
     hundred = generator.tokenizer._tokenizer.token_to_id("▁hundred")
     ours = generator.generate(PROMPTS, max_new_tokens=30, eos_token_id=[1, hundred], num_beams=num_beams)
