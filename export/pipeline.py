@@ -103,6 +103,18 @@ def _empty_out_dir(out_dir: Path) -> None:
     out_dir.mkdir(parents=True)
 
 
+def _recorded_source(model: str) -> str:
+    """The manifest's `source`: a hub id as given; a local folder relative to the working directory (the
+    repository, for `make model`), else by its name. Never a machine's absolute path."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        return model
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.resolve().name
+
+
 def _load_checkpoint(source: str):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -230,7 +242,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             generation = HFGenerationConfig.from_model_config(config)
         eos = generation.eos_token_id if generation.eos_token_id is not None else config.eos_token_id
         manifest = mf.Manifest(
-            model_type=config.model_type, source=model, graphs=graphs, names=names, layers=layers,
+            model_type=config.model_type, source=_recorded_source(model), graphs=graphs, names=names, layers=layers,
             num_layers=config.num_layers, num_decoder_layers=num_decoder_layers, num_heads=config.num_heads,
             d_kv=config.d_kv, d_model=config.d_model, vocab_size=config.vocab_size,
             pad_token_id=config.pad_token_id, eos_token_id=tuple(eos if isinstance(eos, list) else [eos]),

@@ -87,7 +87,8 @@ def ending_model(tmp_path_factory, default_model_dir) -> TinyModel:
     plan = train.TrainingPlan(steps=100, batch_size=32, learning_rate=3e-3, warmup_steps=10, threads=1)
     threads = torch.get_num_threads()
     train.train(model, tokenizer, data.training_examples(0, plan.steps * plan.batch_size, set()), plan, progress=False)
-    torch.set_num_threads(threads)  # train() sets it for the whole process
+    torch.set_num_threads(threads)  # train() sets these for the whole process
+    torch.use_deterministic_algorithms(False)
     checkpoint = train.save(model, tokenizer, root / "checkpoint")
     export = root / "onnx"
     export_model(str(checkpoint), export, layout="both", progress=False)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -80,5 +81,5 @@ def test_sampling_may_return_more_sequences_than_beams():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'top_k'"):
         GenerationConfig().top_k = 3

@@ -35,7 +35,9 @@ def test_result_shapes(generator):
     assert result.sequences[:, 0].tolist() == [0] * 6  # decoder start token first
     assert result.sequences_scores.shape == (6,)
     assert all(step.shape == (9, generator.manifest.vocab_size) for step in result.logits)  # [batch * beams, vocab]
-    assert set(result.finish_reasons) <= {"eos", "length"}
+    # Random weights rarely end by EOS: each reason must match the sequence it names.
+    ends = (result.sequences[:, 1:] == 1).any(axis=1)
+    assert result.finish_reasons == ["eos" if e else "length" for e in ends]
 
 
 def test_finish_reason_length_when_the_budget_runs_out(generator):
