@@ -9,6 +9,7 @@ clear winners, while |logits| stay small enough (< 30) for an absolute 1e-4 pari
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,16 @@ class TinyModel:
         return AutoTokenizer.from_pretrained(self.checkpoint)
 
 
+def model_root(tmp_path_factory, name: str) -> tuple[Path, bool]:
+    """Where a session fixture builds its models, and whether they are already there. ORTDECODE_TEST_MODELS
+    names a folder that keeps them between runs (the mutation script runs pytest dozens of times)."""
+    kept = os.environ.get("ORTDECODE_TEST_MODELS")
+    if not kept:
+        return tmp_path_factory.mktemp(name), False
+    root = Path(kept) / name
+    return root, (root / "complete").exists()
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     return ortdecode.default_model_path()
@@ -59,13 +70,15 @@ def tiny_models(tmp_path_factory, default_model_dir) -> dict[str, TinyModel]:
     from ortdecode_export import export_model
     from ortdecode_export.checkpoints import make_random_t5
 
-    root = tmp_path_factory.mktemp("tiny")
+    root, built = model_root(tmp_path_factory, "tiny")
     models = {}
     for seed, preset in enumerate(PRESETS):
-        checkpoint = make_random_t5(root / f"{preset}-checkpoint", preset, seed=seed, tokenizer_dir=default_model_dir)
-        export = root / f"{preset}-onnx"
-        export_model(str(checkpoint), export, layout="both", progress=False)
+        checkpoint, export = root / f"{preset}-checkpoint", root / f"{preset}-onnx"
+        if not built:
+            make_random_t5(checkpoint, preset, seed=seed, tokenizer_dir=default_model_dir)
+            export_model(str(checkpoint), export, layout="both", progress=False, force=True)
         models[preset] = TinyModel(preset, checkpoint, export)
+    (root / "complete").touch()
     return models
 
 
@@ -81,7 +94,9 @@ def ending_model(tmp_path_factory, default_model_dir) -> TinyModel:
 
     from models.numbers import data, train
 
-    root = tmp_path_factory.mktemp("ending")
+    root, built = model_root(tmp_path_factory, "ending")
+    if built:
+        return TinyModel("ending", root / "checkpoint", root / "onnx")
     random = make_random_t5(root / "random", "tiny-v1.1", seed=1, tokenizer_dir=default_model_dir)
     model, tokenizer = T5ForConditionalGeneration.from_pretrained(random), AutoTokenizer.from_pretrained(random)
     plan = train.TrainingPlan(steps=100, batch_size=32, learning_rate=3e-3, warmup_steps=10, threads=1)
@@ -91,7 +106,8 @@ def ending_model(tmp_path_factory, default_model_dir) -> TinyModel:
     torch.use_deterministic_algorithms(False)
     checkpoint = train.save(model, tokenizer, root / "checkpoint")
     export = root / "onnx"
-    export_model(str(checkpoint), export, layout="both", progress=False)
+    export_model(str(checkpoint), export, layout="both", progress=False, force=True)
+    (root / "complete").touch()
     return TinyModel("ending", checkpoint, export)
 
 
