@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Sequence
 
 from .errors import GenerationInterrupted, OrtDecodeError
@@ -220,6 +221,7 @@ def _check(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = lambda message, *_, **__: print(f"ortdecode: {message}", file=sys.stderr)
     handlers = {"generate": _generate, "score": _score, "export": _export, "verify": _verify, "check": _check}
     try:
         return handlers[args.command](args)

@@ -12,7 +12,7 @@ class GenerationResult:
     texts: list[str]  # one per returned sequence, special tokens skipped
     sequences: np.ndarray  # int64[inputs * num_return_sequences, length], decoder start token first,
     #                        padded as transformers pads them
-    finish_reasons: list[str]  # "eos" or "length", one per sequence
+    finish_reasons: list[str]  # one per sequence: "eos", "stop", "length", "time" or "interrupted" (stopping.py)
     sequences_scores: np.ndarray | None = None  # float32[sequences], beam search only: length-penalized log-prob
     logits: list[np.ndarray] | None = None  # per step, float32[inputs * rows_per_input, vocab] (return_logits)
     scores: list[np.ndarray] | None = None  # per step, processed scores, same shape (return_scores)

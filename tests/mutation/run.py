@@ -28,6 +28,22 @@ from pathlib import Path
 from .mutants import LISTED, Mutant
 
 ROOT = Path(__file__).resolve().parents[2]
+# The package is installed editable, and setuptools' editable finder comes before PYTHONPATH: this
+# sitecustomize (on PYTHONPATH, imported at every interpreter start, CLI subprocesses included) puts a
+# finder for `ortdecode` in front of it that finds the mutated copy.
+SITECUSTOMIZE = """import importlib.machinery, sys
+
+class _MutatedCopy:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "ortdecode":
+            return importlib.machinery.PathFinder.find_spec(name, [{work!r}])
+        if name.startswith("ortdecode."):
+            return importlib.machinery.PathFinder.find_spec(name, path)
+        return None
+
+sys.meta_path.insert(0, _MutatedCopy)
+"""
 MODULES = ["search.py", "processors.py", "stopping.py", "runner.py", "generator.py"]
 # The fast subset per module, most discriminating first (-x stops at the first failure).
 SUBSETS = {
@@ -147,14 +163,14 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ortdecode-mutation-"))
     shutil.copytree(ROOT / "ortdecode", work / "ortdecode")
     (work / "models").symlink_to(ROOT / "models")  # the embedded default model, found beside the package
+    (work / "sitecustomize.py").write_text(SITECUSTOMIZE.format(work=str(work)))
     env = {**os.environ, "PYTHONPATH": str(work), "ORTDECODE_TEST_MODELS": str(work / "models-cache")}
     found = subprocess.run([sys.executable, "-c", "import ortdecode; print(ortdecode.__file__)"], env=env,
                            capture_output=True, text=True, check=True).stdout.strip()
-    if not found.startswith(str(work)):
-        raise SystemExit(f"the copy is not what Python imports ({found}); cannot mutate safely")
-
     rows, started = [], time.time()
     try:
+        if not found.startswith(str(work)):
+            raise SystemExit(f"the copy is not what Python imports ({found}); cannot mutate safely")
         # Unmutated, every subset must pass (one run over their union; it also builds the cached models).
         union = list(dict.fromkeys(t for file in args.modules for t in SUBSETS[file]))
         outcome, test, seconds = run_subset(work, union, env)
