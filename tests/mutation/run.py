@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import itertools
 import os
 import random
 import re
@@ -160,8 +161,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     mutants = [m for m in LISTED if m.file in args.modules]
-    if not args.listed_only:
-        mutants += [m for file in args.modules for m in generated_mutants(file, args.generated, args.seed)]
+    if not args.listed_only:  # round-robin over the modules, so a partial run covers each of them
+        per_module = [generated_mutants(file, args.generated, args.seed) for file in args.modules]
+        mutants += [m for group in itertools.zip_longest(*per_module) for m in group if m is not None]
     work = Path(tempfile.mkdtemp(prefix="ortdecode-mutation-"))
     shutil.copytree(ROOT / "ortdecode", work / "ortdecode")
     (work / "models").symlink_to(ROOT / "models")  # the embedded default model, found beside the package
