@@ -156,6 +156,8 @@ def main(argv=None) -> int:
     parser.add_argument("--listed-only", action="store_true")
     parser.add_argument("--modules", nargs="*", default=MODULES)
     parser.add_argument("--report", type=Path, default=ROOT / "tests" / "mutation" / "REPORT.md")
+    parser.add_argument("--tests", nargs="*", help="run these tests instead of each module's subset (e.g. to show "
+                        "that one end-to-end test alone catches the listed changes)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the unmutated run of the subsets (only when the suite just passed on this code)")
     args = parser.parse_args(argv)
@@ -177,7 +179,8 @@ def main(argv=None) -> int:
         if not found.startswith(str(work)):
             raise SystemExit(f"the copy is not what Python imports ({found}); cannot mutate safely")
         # Unmutated, every subset must pass (one run over their union; it also builds the cached models).
-        union = list(dict.fromkeys(t for file in args.modules for t in SUBSETS[file]))
+        subsets = {file: args.tests or SUBSETS[file] for file in MODULES}
+        union = list(dict.fromkeys(t for file in args.modules for t in subsets[file]))
         outcome, test, seconds = ("missed", "", 0.0) if args.no_baseline else run_subset(work, union, env)
         print(f"baseline: {'passes' if outcome == 'missed' else 'FAILS ' + test} ({seconds:.0f} s)", flush=True)
         if outcome != "missed":
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
                 assert original.count(mutant.original) == 1, f"{mutant.name}: the original text is not unique"
                 target.write_text(original.replace(mutant.original, mutant.changed))
             try:
-                outcome, test, seconds = run_subset(work, SUBSETS[mutant.file], env)
+                outcome, test, seconds = run_subset(work, subsets[mutant.file], env)
             finally:
                 target.write_text(original)
             listed = mutant in LISTED
@@ -214,7 +217,8 @@ def write_report(path: Path, rows, planned: int, seconds: float, args) -> None:
     lines = [
         "# Mutation report", "",
         f"`python -m tests.mutation.run --generated {args.generated} --seed {args.seed}"
-        f"{' --listed-only' if args.listed_only else ''}` (`make mutation`): {len(rows)} of {planned} mutants run "
+        f"{' --listed-only' if args.listed_only else ''}{' --modules ' + ' '.join(args.modules) if args.modules != MODULES else ''}"
+        f"{' --tests ' + ' '.join(args.tests) if args.tests else ''}` (`make mutation` runs the defaults): {len(rows)} of {planned} mutants run "
         f"in {seconds / 60:.0f} minutes.", "",
         f"- Listed changes (issue 14 and the sampling checks): {share(listed)}",
         f"- Generated operator mutants: {share(generated)}", "",
