@@ -28,8 +28,13 @@ class Spy:
 
 def install(monkeypatch) -> Spy:
     spy = Spy()
-    bound: dict[int, dict[str, object]] = {}
-    output_names: dict[int, list[str]] = {}
+    # What was bound is kept on the binding object itself (ids of collected bindings are reused).
+
+    def bound(binding) -> dict[str, object]:
+        return binding.__dict__.setdefault("_spy_inputs", {})
+
+    def output_names(binding) -> list[str]:
+        return binding.__dict__.setdefault("_spy_outputs", [])
 
     def wrap(cls, name, before=None, after=None):
         original = getattr(cls, name)
@@ -45,18 +50,18 @@ def install(monkeypatch) -> Spy:
         monkeypatch.setattr(cls, name, wrapper)
 
     def on_ortvalue_input(binding, name, value):
-        bound.setdefault(id(binding), {})[name] = value.data_ptr()
+        bound(binding)[name] = value.data_ptr()
 
     def on_cpu_input(binding, name, array):
-        bound.setdefault(id(binding), {})[name] = ("host", tuple(array.shape))
+        bound(binding)[name] = ("host", tuple(array.shape))
 
     def on_output(binding, name, *args, **kwargs):
-        output_names.setdefault(id(binding), []).append(name)
+        output_names(binding).append(name)
 
     def on_run(session, binding, *args, **kwargs):
         values = binding.get_outputs()
-        names = output_names.get(id(binding), [])
-        spy.runs.append(Run(Path(session._model_path).name, dict(bound.get(id(binding), {})),
+        names = output_names(binding)
+        spy.runs.append(Run(Path(session._model_path).name, dict(bound(binding)),
                             {name: value.data_ptr() for name, value in zip(names, values)}))
 
     wrap(ort.IOBinding, "bind_ortvalue_input", before=on_ortvalue_input)
