@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo serve test bench model clean
+.PHONY: demo serve test bench model mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ $(VENV)/.bench: pyproject.toml | $(VENV)/.dev
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks.run
+
+# Break the decoding code on purpose, one change at a time; report in tests/mutation/REPORT.md. Not in CI (slow).
+mutation: $(VENV)/.dev
+	$(BIN)/python -m tests.mutation.run
 
 model: $(VENV)/.bench
 	$(BIN)/python -m models.numbers

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ortdecode import manifest as mf
 
 from .out_dir import check_out_dir, export_lock, publish, staging_folder
-from .pipeline import (OPTIMUM_FILES, ExportError, _load_checkpoint, _quiet_libraries, _torch_model,
+from .pipeline import (OPTIMUM_FILES, ExportError, _load_checkpoint, _quiet_libraries, _recorded_source, _torch_model,
                        validate_into_manifest, write_manifest)
 
 _ELEMENT_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
@@ -81,7 +81,7 @@ def adopt_optimum_export(optimum_dir: str | Path, out_dir: str | Path, *, refere
             dtype = _cache_dtype(folder / OPTIMUM_FILES[roles[1]])
             options = {"adopted_from": str(folder), "reference": None if reference is None else str(reference),
                        "atol": atol, "validate": reference is not None}
-            manifest = write_manifest(staging, config, tokenizer, roles, source=str(folder), dtype=dtype,
+            manifest = write_manifest(staging, config, tokenizer, roles, source=_recorded_source(str(folder)), dtype=dtype,
                                       target="cuda" if dtype == "float16" else "cpu", quantization=None,
                                       export_options=options)
             bar.update(1)

@@ -94,6 +94,18 @@ def _check_options(target: str, fp16: bool, quantize: str | None, layout: str) -
         raise ValueError("--quantize and --target cuda rewrite the split decoder graphs: use --layout split")
 
 
+def _recorded_source(model: str) -> str:
+    """The manifest's `source`: a hub id as given; a local folder relative to the working directory (the
+    repository, for `make model`), else by its name. Never a machine's absolute path."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        return model
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.resolve().name
+
+
 def _load_checkpoint(source: str):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -221,7 +233,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                               "atol": atol, "validate": validate, "decoder_mask": decoder_mask}
             if target == "cuda":
                 export_options["cuda_fusion"] = "; ".join(notes) if notes else "fused"
-            manifest = write_manifest(staging, config, tokenizer, roles, source=model, dtype=dtype, target=target,
+            manifest = write_manifest(staging, config, tokenizer, roles, source=_recorded_source(model), dtype=dtype,
+                                      target=target,
                                       quantization="int8-dynamic" if quantize else None, export_options=export_options)
             advance()
             failure = None

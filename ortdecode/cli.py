@@ -498,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"ortdecode: warning: {message}\n"
+    from .errors import OrtDecodeNotice
+
+    return f"ortdecode: {message}\n" if issubclass(category, OrtDecodeNotice) else f"ortdecode: warning: {message}\n"
 
 
 if __name__ == "__main__":

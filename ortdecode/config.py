@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .errors import OrtDecodeNotice
 from .model_files import read_json_file
 
 # The decoder prompt every sequence starts from: the decoder start token alone.
@@ -262,13 +262,12 @@ class GenerationConfig:
         unknown = sorted(set(options) - known)
         if unknown:
             raise ValueError(f"unknown generation option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        # Integral floats from JSON or the CLI (e.g. temperature=1) are fine as numbers; keep ints for ints.
-        return dataclasses.replace(self, **options)
+        return dataclasses.replace(self, **options)  # __post_init__ validates the result
 
     @classmethod
     def from_model_folder(cls, folder: str | Path, **special_ids) -> "GenerationConfig":
         """transformers' defaults overridden by the model's generation_config.json (unknown fields ignored,
-        unsupported ones reported once on stderr)."""
+        unsupported ones reported by an `OrtDecodeNotice` warning)."""
         path = Path(folder) / "generation_config.json"
         data = read_json_file(folder, path.name)
         known = {f.name for f in dataclasses.fields(cls)} - {"seed", "return_logits", "return_scores", "stop",
@@ -280,8 +279,8 @@ class GenerationConfig:
         values.update({k: v for k, v in special_ids.items() if k not in values and v is not None})
         unsupported = sorted(k for k, v in data.items() if k in _UNSUPPORTED_FIELDS and v not in (None, False, [], {}))
         if unsupported:
-            print(f"ortdecode: {path} sets {', '.join(unsupported)}, which ortdecode does not implement; "
-                  "ignored", file=sys.stderr)
+            warnings.warn(f"{path} sets {', '.join(unsupported)}, which ortdecode does not implement; ignored",
+                          OrtDecodeNotice, stacklevel=2)
         return cls(**values)
 
 

@@ -2,7 +2,7 @@
 
 Invalid generation options raise plain `ValueError` (as transformers does). The classes here cover the
 rest: a folder that is not an export, a provider that cannot start, logits that stop being numbers.
-The CLI prints any of them as one line.
+The CLI prints any of them as one line. Notices that are not errors are `OrtDecodeNotice` warnings.
 """
 
 
@@ -29,6 +29,12 @@ class InputTooLongError(ValueError):
         super().__init__(f"input {index} has {length} tokens, more than `max_input_tokens` ({limit}); raise the "
                          "limit or pass truncate_input=True to cut it")
         self.index, self.length, self.limit = index, length, limit
+
+
+class OrtDecodeNotice(UserWarning):
+    """A notice worth a line on stderr (the CPU provider used instead of CUDA, generation_config.json fields
+    ortdecode ignores). Shown once per message by Python's default warning filter; the CLI prints it as
+    "ortdecode: <message>"."""
 
 
 class GenerationInterrupted(KeyboardInterrupt):

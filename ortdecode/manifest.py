@@ -2,7 +2,7 @@
 
 The manifest (``ortdecode.json``) maps every logical tensor the engine needs to the name it has in the
 graph, records the model's shape and special ids, and lists each graph file with its sha256. The
-runtime never guesses a tensor name: it reads them here, and `check_session_names` compares them with
+runtime never guesses a tensor name: it reads them here, and `check_session` compares them with
 what ONNX Runtime reports for the loaded graphs.
 """
 

@@ -82,14 +82,14 @@ class NoRepeatNGram:
     if the last n-1 tokens occurred before, followed by token t, then t gets -inf."""
 
     def __init__(self, ngram_size: int):
-        if not (isinstance(ngram_size, int) and ngram_size > 0):
-            raise ValueError(f"`no_repeat_ngram_size` has to be an integer > 0, but is {ngram_size!r}")
-        self.n = ngram_size
+        if not (isinstance(ngram_size, int) and ngram_size >= 0):
+            raise ValueError(f"`no_repeat_ngram_size` has to be a non-negative integer, but is {ngram_size!r}")
+        self.n = ngram_size  # 0 bans nothing, as in GenerationConfig
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         out = scores.copy()
         cur_len = input_ids.shape[1]
-        if cur_len < self.n:  # no complete n-gram yet
+        if self.n == 0 or cur_len < self.n:  # disabled, or no complete n-gram yet
             return out
         for row, tokens in enumerate(input_ids):
             _ban_ngram_completions(out, row, sliding_window_view(tokens, self.n), tokens[cur_len - self.n + 1:])
@@ -286,14 +286,17 @@ class Temperature:
 
 class TopK:
     """Keep the tokens whose score is >= the k-th largest (ties at the boundary are kept); -inf elsewhere.
-    k is raised to ``min_tokens_to_keep`` and capped at the vocabulary size."""
+    k is raised to ``min_tokens_to_keep`` and capped at the vocabulary size; 0 keeps everything, as in
+    GenerationConfig."""
 
     def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
-        if not (isinstance(top_k, int) and top_k > 0):
-            raise ValueError(f"`top_k` has to be a strictly positive integer, but is {top_k!r}")
-        self.top_k = max(top_k, min_tokens_to_keep)
+        if not (isinstance(top_k, int) and top_k >= 0):
+            raise ValueError(f"`top_k` has to be a non-negative integer (0 disables it), but is {top_k!r}")
+        self.top_k = max(top_k, min_tokens_to_keep) if top_k else 0
 
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        if self.top_k == 0:
+            return scores.copy()
         k = min(self.top_k, scores.shape[-1])
         kth_largest = np.partition(scores, -k, axis=-1)[:, -k:].min(axis=-1, keepdims=True)
         return np.where(scores < kth_largest, -np.inf, scores).astype(scores.dtype, copy=False)

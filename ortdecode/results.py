@@ -12,7 +12,7 @@ class GenerationResult:
     texts: list[str]  # one per returned sequence, special tokens skipped
     sequences: np.ndarray  # int64[inputs * num_return_sequences, length], decoder start token first,
     #                        padded as transformers pads them
-    finish_reasons: list[str]  # one per sequence: eos, length, stop, time or interrupted
+    finish_reasons: list[str]  # one per sequence: "eos", "stop", "length", "time", "cancelled" or "interrupted"
     sequences_scores: np.ndarray | None = None  # float32[sequences], beam search only: length-penalized log-prob
     beam_indices: np.ndarray | None = None  # int64[sequences, generated], beam search only: the row
     #                    (input * num_beams + beam) each token was chosen from, -1 padded (transformers' beam_indices)

@@ -24,6 +24,7 @@ import ctypes
 import io
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,19 +37,15 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
                       '(onnxruntime-gpu), not both; from a checkout: pip install -e ".[cpu]"') from exc
 
 from . import manifest as mf
-from .errors import ModelFolderError, ProviderError
+from .errors import ModelFolderError, OrtDecodeNotice, ProviderError
 from .sessions import SharedWeights
 
 _FLOAT_TYPES = {"float32": np.float32, "float16": np.float16}
-_said_provider = False
 _log = logging.getLogger("ortdecode")
 
 
-def _say_once(message: str) -> None:
-    global _said_provider
-    if not _said_provider:
-        print(f"ortdecode: {message}", file=sys.stderr)
-        _said_provider = True
+def _notice(message: str) -> None:
+    warnings.warn(message, OrtDecodeNotice, stacklevel=4)  # shown once per message (the default filter)
 
 
 def cuda_available() -> bool:
@@ -206,15 +203,15 @@ class Runner:
         if problem is None:
             try:
                 session = self._session(mf.ENCODER, "cuda", fallback=False)
-            except ModelFolderError as exc:  # the provider threw (no device, driver too old, ...)
-                problem = str(exc.__cause__).strip().splitlines()[0]
+            except ProviderError as exc:  # the provider threw (no device, driver too old, ...)
+                problem = str(exc)
             else:
                 if session.get_providers()[0] == "CUDAExecutionProvider":
                     return "cuda", session
                 problem = "onnxruntime did not register it (see its log above)"
         if provider == "cuda":
             raise ProviderError(f"provider 'cuda' requested, but the CUDA execution provider cannot start: {problem}")
-        _say_once(f"the CUDA execution provider cannot start ({problem}); using the CPU provider")
+        _notice(f"the CUDA execution provider cannot start ({problem}); using the CPU provider")
         return "cpu", self._session(mf.ENCODER, "cpu")
 
     def _single_thread_options(self) -> ort.SessionOptions:
@@ -229,8 +226,8 @@ class Runner:
 
     def _session(self, role: str, provider: str | None = None, options: ort.SessionOptions | None = None,
                  fallback: bool = True) -> ort.InferenceSession:
-        """fallback=False: a provider that fails raises, instead of ONNX Runtime printing a banner on
-        stdout and going on with the CPU provider."""
+        """fallback=False: a provider that fails raises `ProviderError` (its first line), instead of ONNX
+        Runtime printing a banner on stdout and going on with the CPU provider."""
         graph = self.manifest.graphs[role]
         path = self.folder / graph.file
         mf.external_data_of(self.folder, graph.file)  # refuse weights outside the folder before ONNX Runtime reads them
@@ -239,6 +236,8 @@ class Runner:
                                         providers=self._providers_for(provider or self.provider),
                                         enable_fallback=int(fallback))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types here
+            if not fallback:
+                raise ProviderError(str(exc).strip().splitlines()[0]) from exc
             raise ModelFolderError(f"onnxruntime could not load {path} ({role}): {exc}".splitlines()[0]) from exc
 
     def _check_names(self) -> None:

@@ -9,6 +9,7 @@ clear winners, while |logits| stay small enough (< 30) for an absolute 1e-4 pari
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,16 @@ class TinyModel:
         return AutoTokenizer.from_pretrained(self.checkpoint)
 
 
+def model_root(tmp_path_factory, name: str) -> tuple[Path, bool]:
+    """Where a session fixture builds its models, and whether they are already there. ORTDECODE_TEST_MODELS
+    names a folder that keeps them between runs (the mutation script runs pytest dozens of times)."""
+    kept = os.environ.get("ORTDECODE_TEST_MODELS")
+    if not kept:
+        return tmp_path_factory.mktemp(name), False
+    root = Path(kept) / name
+    return root, (root / "complete").exists()
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     return ortdecode.default_model_path()
@@ -59,14 +70,45 @@ def tiny_models(tmp_path_factory, default_model_dir) -> dict[str, TinyModel]:
     from ortdecode_export import export_model
     from ortdecode_export.checkpoints import make_random_t5
 
-    root = tmp_path_factory.mktemp("tiny")
+    root, built = model_root(tmp_path_factory, "tiny")
     models = {}
     for seed, preset in enumerate(PRESETS):
-        checkpoint = make_random_t5(root / f"{preset}-checkpoint", preset, seed=seed, tokenizer_dir=default_model_dir)
-        export = root / f"{preset}-onnx"
-        export_model(str(checkpoint), export, layout="both", progress=False)
+        checkpoint, export = root / f"{preset}-checkpoint", root / f"{preset}-onnx"
+        if not built:
+            make_random_t5(checkpoint, preset, seed=seed, tokenizer_dir=default_model_dir)
+            export_model(str(checkpoint), export, layout="both", progress=False, force=True)
         models[preset] = TinyModel(preset, checkpoint, export)
+    (root / "complete").touch()
     return models
+
+
+@pytest.fixture(scope="session")
+def ending_model(tmp_path_factory, default_model_dir) -> TinyModel:
+    """A tiny T5 (v1.1 shape) trained for 100 steps (~6 s) on the default model's number tasks: too
+    short to be right, long enough that EOS is a likely token after a few steps, so rows end by EOS at
+    different lengths and beam search's early-stopping paths run (random models almost never emit EOS)."""
+    from ortdecode_export import export_model
+    from ortdecode_export.checkpoints import make_random_t5
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    from models.numbers import data, train
+
+    root, built = model_root(tmp_path_factory, "ending")
+    if built:
+        return TinyModel("ending", root / "checkpoint", root / "onnx")
+    random = make_random_t5(root / "random", "tiny-v1.1", seed=1, tokenizer_dir=default_model_dir)
+    model, tokenizer = T5ForConditionalGeneration.from_pretrained(random), AutoTokenizer.from_pretrained(random)
+    plan = train.TrainingPlan(steps=100, batch_size=32, learning_rate=3e-3, warmup_steps=10, threads=1)
+    threads = torch.get_num_threads()
+    train.train(model, tokenizer, data.training_examples(0, plan.steps * plan.batch_size, set()), plan, progress=False)
+    torch.set_num_threads(threads)  # train() sets these for the whole process
+    torch.use_deterministic_algorithms(False)
+    checkpoint = train.save(model, tokenizer, root / "checkpoint")
+    export = root / "onnx"
+    export_model(str(checkpoint), export, layout="both", progress=False, force=True)
+    (root / "complete").touch()
+    return TinyModel("ending", checkpoint, export)
 
 
 @pytest.fixture(scope="session", params=PRESETS)
@@ -122,3 +164,23 @@ def ray_cluster():
              configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+def transformers_token_logprobs(checkpoint: Path, sources: list[str], targets: list[str]):
+    """transformers' own teacher-forced scores: (label ids, log p(label | source, previous labels)) per
+    pair, from `model(..., labels=...)` logits, log-softmax at the label positions."""
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    encoded = tokenizer(sources, padding=True, return_tensors="pt")
+    labels = tokenizer(targets, padding=True, return_tensors="pt").input_ids
+    labels[labels == tokenizer.pad_token_id] = -100
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(**encoded, labels=labels).logits.double(), dim=-1)
+    out = []
+    for row, ids in enumerate(labels.tolist()):
+        ids = [t for t in ids if t != -100]
+        out.append((ids, logprobs[row, torch.arange(len(ids)), ids].numpy()))
+    return out

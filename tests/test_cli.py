@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from .conftest import TEXTS
+from .conftest import TEXTS, transformers_token_logprobs
 
 
 def ortdecode(*args, stdin=None):
@@ -73,10 +73,15 @@ def test_generate_flags_with_bad_values_exit_2(tiny_v1, flags, fragment):
     assert_one_line_error(run, fragment)
 
 
-def test_score(tiny_v1):
-    run = ortdecode("score", "--model", str(tiny_v1.export), "--source", TEXTS[0], "--target", "seven", "--json")
+def test_score_prints_transformers_log_probs(tiny_v1):
+    run = ortdecode("score", "--model", str(tiny_v1.export), "--source", TEXTS[0], "--target", "seventy-one",
+                    "--json")
+    assert run.returncode == 0, run.stderr
     data = json.loads(run.stdout)
-    assert data["token_ids"][-1] == 1 and data["total_logprob"] == pytest.approx(sum(data["token_logprobs"]))
+    [(labels, logprobs)] = transformers_token_logprobs(tiny_v1.checkpoint, [TEXTS[0]], ["seventy-one"])
+    assert data["token_ids"] == labels and len(data["tokens"]) == len(labels)
+    np.testing.assert_allclose(data["token_logprobs"], logprobs, atol=1e-4)
+    assert data["total_logprob"] == pytest.approx(logprobs.sum(), abs=1e-3)
 
 
 def test_missing_model_folder(tmp_path):

@@ -11,6 +11,7 @@ import ortdecode
 from ortdecode_export import export_model
 from ortdecode_export.validate import pytorch_reference, stepwise_logits
 
+from . import ort_spy
 from .conftest import TEXTS
 
 
@@ -59,6 +60,18 @@ def test_beam_reorder_runs_on_the_device(cuda_generator):
         np.testing.assert_array_equal(new.numpy(), old[rows])
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_kv_cache_goes_from_step_to_step_on_the_device(cuda_generator, monkeypatch, num_beams):
+    """As on the CPU (tests/test_runner.py): each past KV input is the buffer the previous step (or the
+    reorder graph) produced, at the same device address; only the logits are copied to the host."""
+    spy = ort_spy.install(monkeypatch)
+    cuda_generator.generate(TEXTS[:4], max_new_tokens=6, min_new_tokens=6, num_beams=num_beams)
+    counts = ort_spy.follow_the_cache(spy, cuda_generator.manifest)
+    m = cuda_generator.manifest
+    assert all(len(shape) == 3 and shape[1:] == (1, m.vocab_size) for shape in spy.host_copies), spy.host_copies
+    assert (counts.get(m.graphs["cache_reorder"].file, 0) >= 5) == (num_beams > 1), counts
+
+
 def test_step_logits_match_pytorch_on_cuda(tiny):
     generator = ortdecode.load(tiny.export, provider="cuda")
     tokenizer = tiny.hf_tokenizer()
@@ -86,8 +99,13 @@ def test_cuda_fused_export_validates_and_decodes(tiny_v1, tmp_path, fp16, atol):
     assert manifest.target == "cuda" and manifest.dtype == ("float16" if fp16 else "float32")
     assert manifest.validation["passed"] is True
     generator = ortdecode.load(tmp_path / "cuda", provider="cuda")
-    result = generator.generate(TEXTS, max_new_tokens=8, num_beams=2)
-    assert result.sequences.shape[0] == len(TEXTS)
+    cpu = ortdecode.load(tiny_v1.export, provider="cpu")
+    first_step = [g.generate(TEXTS, max_new_tokens=1, return_logits=True).logits[0] for g in (generator, cpu)]
+    assert np.abs(first_step[0] - first_step[1]).max() <= atol
+    if not fp16:  # float32 on the GPU decodes exactly as on the CPU
+        options = dict(max_new_tokens=8, num_beams=2)
+        np.testing.assert_array_equal(generator.generate(TEXTS, **options).sequences,
+                                      cpu.generate(TEXTS, **options).sequences)
 
 
 def test_default_model_on_cuda_gives_the_cpu_text():

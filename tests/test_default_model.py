@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import ortdecode
+from models.numbers import data
 from models.numbers.spelling import ordinal, parse, spell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,14 +54,19 @@ def test_shipped_folder_is_small_and_the_model_is_small():
     assert report["parameters"] < 5_000_000
 
 
-def test_model_card_accuracy_is_measured_and_meets_the_bar():
-    report = json.loads((ortdecode.default_model_path() / "evaluation.json").read_text())
-    for engine, strategies in report["results"].items():
-        for task in ("spell out", "to digits"):
-            assert strategies["greedy"][task]["examples"] >= 1000
-            assert strategies["greedy"][task]["exact_match"] >= 0.98, (engine, task)
-    card = (ortdecode.default_model_path() / "README.md").read_text()
-    assert "| ortdecode (ONNX Runtime) | greedy |" in card
+@pytest.mark.parametrize("task", ["spell out", "to digits"])
+def test_held_out_accuracy_is_measured_by_decoding(generator, task):
+    """Greedy exact match on 250 held-out numbers (never seen in training), decoded now: at least 98%, and
+    within one point of what `evaluation.json` reports for the full 1,000. This is also what the recipe
+    promises to reproduce on another machine (the weights themselves are not bit-identical across CPUs)."""
+    reported = json.loads((ortdecode.default_model_path() / "evaluation.json").read_text())
+    numbers = data.make_split(reported["seed"]).test[task][:250]
+    pairs = [data.example(task, n) for n in numbers]
+    outputs = generator.generate([source for source, _ in pairs], max_new_tokens=32).texts
+    accuracy = np.mean([output == target for output, (_, target) in zip(outputs, pairs)])
+    recorded = reported["results"]["ortdecode (ONNX Runtime)"]["greedy"][task]["exact_match"]
+    assert accuracy >= 0.98, accuracy
+    assert abs(accuracy - recorded) <= 0.01, (accuracy, recorded)
 
 
 @pytest.mark.parametrize("n", [0, 7, 13, 20, 21, 99, 100, 101, 110, 999, 1000, 1001, 4521, 10000, 100000, 101010,

@@ -33,6 +33,19 @@ def test_manifest_records_the_export(tiny):
     for name in ("tokenizer.json", "config.json", "generation_config.json"):
         assert (tiny.export / name).exists()
     ortdecode.verify_checksums(tiny.export)
+    assert manifest.source == tiny.checkpoint.name  # the folder's name, not this machine's path
+
+
+def test_manifest_source_is_never_a_machine_path(tmp_path, monkeypatch):
+    from ortdecode_export.pipeline import _recorded_source
+
+    (tmp_path / "models" / "work").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert _recorded_source(str(tmp_path / "models" / "work")) == "models/work"  # inside the repository
+    assert _recorded_source("models/work") == "models/work"
+    monkeypatch.chdir(tmp_path / "models" / "work")
+    assert _recorded_source(str(tmp_path / "models")) == "models"  # outside it: the folder's name
+    assert _recorded_source("google/flan-t5-small") == "google/flan-t5-small"  # a hub id as given
 
 
 def test_validation_failure_names_atol_and_the_folder_is_kept_marked_failed(tiny_v1, tmp_path):

@@ -97,27 +97,48 @@ def test_option_table_matches_transformers(reference, options):
             np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(theirs.numpy()))
 
 
-def test_sampling_follows_the_processed_distribution(tiny_v1):
-    """First-token frequencies from ortdecode's sampler vs the distribution that transformers' warpers
-    make from transformers' logits (chi-square)."""
+def warped_two_step_distribution(model, tokenizer, text, temperature, top_k, top_p):
+    """transformers' probabilities of the first two sampled tokens, float64[vocab * vocab] (a * vocab + b):
+    p(a) p(b | a), each from transformers' logits with EOS banned (min_new_tokens=2), through transformers'
+    warpers in transformers' order."""
     from transformers.generation import logits_process as hf
 
-    generator = ortdecode.load(tiny_v1.export, provider="cpu")
-    text = TEXTS[1]
-    options = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.95)
-    draws = np.concatenate([
-        generator.generate(text, max_new_tokens=1, num_return_sequences=2000, seed=seed, **options).sequences[:, 1]
-        for seed in range(3)])
-    model, tokenizer = tiny_v1.torch_model(), tiny_v1.hf_tokenizer()
+    warpers = [hf.TemperatureLogitsWarper(temperature), hf.TopKLogitsWarper(top_k), hf.TopPLogitsWarper(top_p)]
+
+    def warp(logits):
+        logits[:, 1] = -float("inf")  # min_new_tokens=2: no EOS in the first two tokens
+        for warper in warpers:
+            logits = warper(None, logits)
+        return torch.softmax(logits.double(), -1)
+
     encoded = tokenizer([text], return_tensors="pt")
     with torch.no_grad():
-        logits = model(**encoded, decoder_input_ids=torch.zeros((1, 1), dtype=torch.long)).logits[:, -1]
-    warped = logits
-    for warper in (hf.TemperatureLogitsWarper(0.8), hf.TopKLogitsWarper(20), hf.TopPLogitsWarper(0.95)):
-        warped = warper(None, warped)
-    probs = torch.softmax(warped, -1)[0].double().numpy()
-    counts = np.bincount(draws, minlength=len(probs))
-    assert counts[probs == 0].sum() == 0  # nothing outside the top-k / top-p set
+        first = warp(model(**encoded, decoder_input_ids=torch.zeros((1, 1), dtype=torch.long)).logits[:, -1])[0]
+        support = torch.nonzero(first).flatten()
+        prefixes = torch.stack([torch.zeros_like(support), support], 1)
+        repeated = {k: v.repeat(len(support), 1) for k, v in encoded.items()}
+        second = warp(model(**repeated, decoder_input_ids=prefixes).logits[:, -1])
+    joint = torch.zeros((len(first), len(first)), dtype=torch.float64)
+    joint[support] = first[support, None] * second
+    return joint.flatten().numpy()
+
+
+@pytest.mark.parametrize("options", [dict(temperature=0.8, top_k=8, top_p=1.0),
+                                     dict(temperature=0.7, top_k=30, top_p=0.9)], ids=str)
+def test_sampling_follows_the_processed_distribution(tiny_v1, options):
+    """Frequencies of the first two tokens, 20,000 samples for each of 3 prompts, vs the distribution that
+    transformers' warpers make from transformers' logits (one chi-square over prompts and token pairs).
+    Seeded, so deterministic. It has the power to reject (checked by the mutation script): a temperature
+    3% off, the temperature applied after top-k/top-p, top-k keeping k + 1 tokens."""
+    generator = ortdecode.load(tiny_v1.export, provider="cpu")
+    model, tokenizer = tiny_v1.torch_model(), tiny_v1.hf_tokenizer()
+    texts, draws, vocab = TEXTS[:3], 20_000, generator.manifest.vocab_size
+    sequences = generator.generate(texts, do_sample=True, max_new_tokens=2, min_new_tokens=2,
+                                   num_return_sequences=draws, seed=0, **options).sequences
+    pairs = (sequences[:, 1] * vocab + sequences[:, 2]).reshape(len(texts), draws)
+    counts = np.concatenate([np.bincount(row, minlength=vocab * vocab) for row in pairs])
+    probs = np.concatenate([warped_two_step_distribution(model, tokenizer, text, **options) for text in texts])
+    assert counts[probs == 0].sum() == 0  # nothing outside the top-k / top-p sets
     assert chi_square_p(counts, probs) > 1e-3
 
 

@@ -1,5 +1,7 @@
 """Processors and warpers: hand-built cases, transformers' own classes as the reference, properties."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +39,9 @@ PAIRS = [
     (lambda: NoRepeatNGram(3), lambda: hf.NoRepeatNGramLogitsProcessor(3)),
     (lambda: MinLength(12, EOS), lambda: hf.MinLengthLogitsProcessor(12, EOS)),
     (lambda: MinLength(3, EOS), lambda: hf.MinLengthLogitsProcessor(3, EOS)),
+    (lambda: MinLength(0, EOS), lambda: hf.MinLengthLogitsProcessor(0, EOS)),
     (lambda: MinNewTokens(1, 12, EOS), lambda: hf.MinNewTokensLengthLogitsProcessor(1, 12, EOS)),
+    (lambda: MinNewTokens(4, 6, EOS), lambda: hf.MinNewTokensLengthLogitsProcessor(4, 6, EOS)),  # prompt counted
     (lambda: Temperature(0.7), lambda: hf.TemperatureLogitsWarper(0.7)),
     (lambda: Temperature(1.8), lambda: hf.TemperatureLogitsWarper(1.8)),
     (lambda: TopK(5), lambda: hf.TopKLogitsWarper(5)),
@@ -280,10 +284,10 @@ def test_beam_sampling_keeps_two_tokens():
     assert top_k.top_k == 2
 
 
-@pytest.mark.parametrize("make, value", [(lambda: TopP(1.5), "1.5"), (lambda: TopP(0), "0"), (lambda: TopK(0), "0"),
+@pytest.mark.parametrize("make, value", [(lambda: TopP(1.5), "1.5"), (lambda: TopP(0), "0"),
                                          (lambda: TopK(-3), "-3"), (lambda: Temperature(0.0), "0.0"),
                                          (lambda: RepetitionPenalty(-1.0), "-1.0"),
-                                         (lambda: NoRepeatNGram(0), "0"),
+                                         (lambda: NoRepeatNGram(-1), "-1"),
                                          (lambda: MinP(1.5), "`min_p` has to be a float in the \\[0, 1\\] interval, but is 1.5"),
                                          (lambda: MinP(0.1, min_tokens_to_keep=0), "`min_tokens_to_keep`.*0"),
                                          (lambda: Typical(1.0), "`typical_p` has to be a float > 0 and < 1, but is 1.0"),
@@ -296,6 +300,22 @@ def test_beam_sampling_keeps_two_tokens():
 def test_constructors_reject_invalid_values(make, value):
     with pytest.raises(ValueError, match=value):
         make()
+
+
+@pytest.mark.parametrize("option, value, make", [("top_k", -3, TopK), ("top_p", 1.5, TopP),
+                                                 ("no_repeat_ngram_size", -1, NoRepeatNGram),
+                                                 ("repetition_penalty", -1.0, RepetitionPenalty)])
+def test_an_option_has_one_message_in_the_config_and_the_processor(option, value, make):
+    with pytest.raises(ValueError) as from_config:
+        GenerationConfig(**{option: value})
+    with pytest.raises(ValueError, match=f"^{re.escape(str(from_config.value))}$"):
+        make(value)
+
+
+def test_zero_disables_top_k_and_no_repeat_ngram_as_in_the_config():
+    scores = random_logits(np.random.default_rng(0))
+    np.testing.assert_array_equal(TopK(0)(None, scores), scores)
+    np.testing.assert_array_equal(NoRepeatNGram(0)(np.zeros((4, 5), np.int64), scores), scores)
 
 
 # ---------------------------------------------------------------- properties

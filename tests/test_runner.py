@@ -7,6 +7,7 @@ import pytest
 import ortdecode
 from ortdecode.errors import ModelFolderError, ProviderError
 
+from . import ort_spy
 from .conftest import TEXTS
 
 
@@ -163,20 +164,25 @@ def test_join_left_pads_and_select_trims_the_padding(generator):
     np.testing.assert_allclose(runner.step(batch, np.array([9])), expected, atol=1e-5)
 
 
-def test_kv_cache_stays_in_ortvalues_from_step_to_step(generator, monkeypatch):
-    """The present KV of one step is the past bound at the next: same buffers, never copied to NumPy."""
-    ids, mask = encode(generator)
-    state = generator.runner.encode(ids, mask)
-    generator.runner.step(state, np.zeros(4, np.int64))
-    pointers = [v.data_ptr() for v in state.self_cache + state.cross_cache]
-    bound = []
-    real_bind = ort.IOBinding.bind_ortvalue_input
-    monkeypatch.setattr(ort.IOBinding, "bind_ortvalue_input", lambda self, name, value: bound.append(value.data_ptr())
-                        or real_bind(self, name, value))
-    real_numpy = ort.OrtValue.numpy
-    copied = []
-    monkeypatch.setattr(ort.OrtValue, "numpy", lambda self: copied.append(self.data_ptr()) or real_numpy(self))
-    generator.runner.step(state, np.full(4, 5, np.int64))
-    assert set(pointers) <= set(bound)
-    cache_now = {v.data_ptr() for v in state.self_cache + state.cross_cache}
-    assert not (set(copied) & (set(pointers) | cache_now))  # only the logits came to NumPy
+# ---------------------------------------------------------------- device residency (CPU)
+@pytest.mark.parametrize("layout", ["split", "merged"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, layout, num_beams):
+    """The present KV of one step is the buffer bound as past at the next (same address); beam search
+    reorders it in the cache-reorder graph; nothing copies a cache tensor to the host (`numpy()` is only
+    called on the logits)."""
+    generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
+    spy = ort_spy.install(monkeypatch)
+    steps = 6
+    generator.generate(TEXTS[:4], max_new_tokens=steps, min_new_tokens=steps, num_beams=num_beams)
+    counts = ort_spy.follow_the_cache(spy, generator.manifest)
+    m = generator.manifest
+    decoder_runs = sum(n for graph, n in counts.items() if graph != m.graphs["cache_reorder"].file
+                       and graph != m.graphs["encoder"].file)
+    assert decoder_runs == steps
+    assert all(len(shape) == 3 and shape[1:] == (1, m.vocab_size) for shape in spy.host_copies), spy.host_copies
+    reorders = counts.get(m.graphs["cache_reorder"].file, 0)
+    if num_beams == 1:
+        assert reorders == 0
+    else:  # the first step's caches widened to the beams (self + cross), then one reorder per later step
+        assert reorders >= 2 + 3, counts

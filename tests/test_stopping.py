@@ -64,14 +64,31 @@ def test_the_reasons_eos_and_length(generator):
     assert result.finish_reasons == ["length"] * 4 and result.sequences.shape == (4, 3)
 
 
+STOP_CASES = [
+    # "thou" ends inside the token "▁thousand": the token is kept whole.
+    (["hundred", "thou", "first"], ["four thousand", "twenty-first", "seven hundred", "712"],
+     ["stop", "stop", "stop", "eos"]),
+    # Multi-token: "ive hun" starts inside "▁five" and ends inside "▁hundred"; "d thousand n" spans three
+    # tokens and is completed by "▁nineteen", the last token before EOS: the reason is still "stop".
+    (["ive hun", "d thousand n"], ["four thousand five hundred", "twenty-first", "seven hundred thousand nineteen", "712"],
+     ["stop", "eos", "stop", "eos"]),
+]
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_stop_strings_end_sequences_as_transformers_does(generator, reference, num_beams):
-    stop = ["hundred", "thou", "first"]  # "thou" ends inside the token "▁thousand": kept whole
+@pytest.mark.parametrize("stop, texts, reasons", STOP_CASES, ids=["single-token", "multi-token"])
+def test_stop_strings_end_sequences_as_transformers_does(generator, reference, num_beams, stop, texts, reasons):
     ours = generator.generate(PROMPTS, max_new_tokens=30, stop=stop, num_beams=num_beams)
     theirs = transformers_generate(reference, PROMPTS, stop=stop, num_beams=num_beams)
     np.testing.assert_array_equal(ours.sequences, theirs)
-    assert ours.texts == ["four thousand", "twenty-first", "seven hundred", "712"]
-    assert ours.finish_reasons == ["stop", "stop", "stop", "eos"]
+    assert ours.texts == texts
+    assert ours.finish_reasons == reasons
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_stop_string_of_two_whole_words(generator, num_beams):
+    result = generator.generate("spell out: 4567", stop="five hundred", num_beams=num_beams)
+    assert result.texts == ["four thousand five hundred"] and result.finish_reasons == ["stop"]
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])

@@ -121,6 +121,8 @@ same checkpoint; sampling uses temperature 0.7, transformers' default top-k 50 a
 make model        # = python -m models.numbers (from the repository root)
 ```
 
-Everything derives from the seed; `evaluation.json` holds every measurement above, with a few errors per
-cell, if any.
+Everything derives from the seed: a rebuild on the same machine repeats itself; on another processor
+PyTorch's CPU kernels sum in another order, so the weights differ slightly and the held-out accuracy is
+reproduced within one point, not bit for bit. `evaluation.json` holds every measurement above, with a few
+errors per cell, if any.
 """)

@@ -1,7 +1,8 @@
 """Train the t5-numbers model with PyTorch on the CPU, from a fixed seed.
 
 Plain teacher-forced cross-entropy, AdamW, linear warm-up then cosine decay, no dropout. Examples are
-tokenized once; batches are drawn by a seeded permutation, so a run is repeatable on the same machine.
+tokenized once; batches are drawn by a seeded permutation, so a run is repeatable on the same machine
+(not bit for bit on another processor: the CPU kernels' summation order differs; see the README).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def _pad(rows: list[list[int]], pad: int) -> np.ndarray:
 def train(model, tokenizer, examples: list[tuple[str, str]], plan: TrainingPlan, progress: bool = True) -> dict:
     """Train in place; returns a log of the loss."""
     torch.set_num_threads(plan.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # same machine, same result; not across CPUs
     torch.manual_seed(plan.seed)
     sources = tokenizer([s for s, _ in examples]).input_ids
     targets = tokenizer([t for _, t in examples]).input_ids
