@@ -109,8 +109,8 @@ same checkpoint; sampling uses temperature 0.7, transformers' default top-k 50 a
   seen once), AdamW (lr {training['learning_rate']}, betas 0.9/0.98, weight decay {training['weight_decay']}),
   {training['warmup_steps']} warm-up steps then cosine decay, PyTorch on {training['threads']} CPU threads:
   {training['seconds'] / 60:.1f} minutes, final loss {training['final_loss']:.5f}.
-- Export: `ortdecode export` (Optimum, split decoder graphs), validated against PyTorch: max |logits diff|
-  {validation.get('max_abs_diff', float('nan')):.2g}.
+- Export: `ortdecode export` (Optimum, split decoder graphs with the decoder attention mask), validated against
+  PyTorch: max |logits diff| {validation.get('max_abs_diff', float('nan')):.2g}.
 - The whole recipe took {report['recipe_seconds'] / 60:.1f} minutes on a {report['machine']['processor']} machine.
 
 ![training loss](training_loss.png)
