@@ -97,30 +97,26 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def numbers_export(tmp_path_factory) -> Path:
-    """The embedded default model exported again with a decoder attention mask: continuous batching."""
+def maskless_export(tmp_path_factory) -> Path:
+    """The embedded default model exported without a decoder attention mask: static batching only."""
     from ortdecode_export import export_model
 
-    out = tmp_path_factory.mktemp("serve") / "t5-numbers"
-    export_model(str(ortdecode.default_model_path()), out, validate=False, progress=False)
+    out = tmp_path_factory.mktemp("serve") / "t5-numbers-maskless"
+    export_model(str(ortdecode.default_model_path()), out, validate=False, progress=False, decoder_mask=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def generator(numbers_export):
-    return ortdecode.load(numbers_export, provider="cpu")
+def generator():
+    """The embedded default model (its export has the decoder attention mask: continuous batching)."""
+    return ortdecode.load(provider="cpu")
 
 
 @pytest.fixture(scope="module")
-def server(numbers_export):
-    process = ServerProcess("--model", str(numbers_export), "--provider", "cpu")
+def server():
+    process = ServerProcess("--provider", "cpu")
     yield process
     assert process.stop() == 0, process.stderr
-
-
-@pytest.fixture(scope="module")
-def default_generator():
-    return ortdecode.load(provider="cpu")
 
 
 def post(server: ServerProcess, path: str, body: dict) -> httpx.Response:
@@ -378,8 +374,9 @@ def test_soak_1000_requests(server, generator, record):
     record("server soak (1,000 requests)", "RSS after warm-up / after (KiB)", f"{rss_warm} / {rss_after}")
 
 
-def test_queue_full_429_and_timeout_keeps_partial_text(default_generator):
-    process = ServerProcess("--provider", "cpu", "--max-concurrent-requests", "2", "--request-timeout", "1")
+def test_queue_full_429_and_timeout_keeps_partial_text(generator, maskless_export):
+    process = ServerProcess("--model", str(maskless_export), "--provider", "cpu", "--max-concurrent-requests", "2",
+                            "--request-timeout", "1")
     try:
         with ThreadPoolExecutor(2) as pool:
             long = [pool.submit(post, process, "/generate", {"inputs": "spell out: 7", "parameters": LONG})
@@ -396,11 +393,11 @@ def test_queue_full_429_and_timeout_keeps_partial_text(default_generator):
             details = body["details"]
             assert details["finish_reason"] == "time" and 0 < details["generated_tokens"] < 1500
             n = details["generated_tokens"]
-            assert body["generated_text"] == default_generator.generate("spell out: 7", min_new_tokens=n,
+            assert body["generated_text"] == generator.generate("spell out: 7", min_new_tokens=n,
                                                                         max_new_tokens=n).texts[0]
         assert process.metrics()['ortdecode_requests_total{outcome="time"}'] == 2
         assert process.metrics()['ortdecode_requests_total{outcome="queue_full"}'] == 2
-        # the embedded model's export has no decoder attention mask: static batches, said once at start-up
+        # an export without the decoder attention mask: static batches, said once at start-up
         assert process.client.get("/info").json()["limits"]["continuous_batching"] is False
         assert process.stderr.count("no decoder attention mask") == 1 and "static batching" in process.stderr
     finally:
@@ -408,7 +405,7 @@ def test_queue_full_429_and_timeout_keeps_partial_text(default_generator):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_drains_running_requests_then_exits_0(default_generator, sig):
+def test_signal_drains_running_requests_then_exits_0(generator, sig):
     process = ServerProcess("--provider", "cpu")
     options = {"min_new_tokens": 200, "max_new_tokens": 200}
     with ThreadPoolExecutor(1) as pool:
@@ -421,14 +418,14 @@ def test_signal_drains_running_requests_then_exits_0(default_generator, sig):
         refused = post(process, "/generate", {"inputs": "spell out: 7"})
         assert refused.status_code == 503 and "draining" in refused.json()["error"]
         body = running.result(timeout=30).json()
-    assert body["generated_text"] == default_generator.generate("spell out: 7", **options).texts[0]
+    assert body["generated_text"] == generator.generate("spell out: 7", **options).texts[0]
     assert body["details"]["finish_reason"] == "length"
     assert process.proc.wait(30) == 0
     assert "draining" in process.stderr and "Traceback" not in process.stderr
 
 
 @pytest.fixture(scope="module")
-def broken_export(numbers_export, tmp_path_factory) -> Path:
+def broken_export(tmp_path_factory) -> Path:
     """The export with NaN weights in its first-step decoder (checksum updated): every request fails inside
     the engine (non-finite logits)."""
     import hashlib
@@ -439,7 +436,7 @@ def broken_export(numbers_export, tmp_path_factory) -> Path:
     from onnx import numpy_helper
 
     out = tmp_path_factory.mktemp("broken") / "t5-numbers"
-    shutil.copytree(numbers_export, out)
+    shutil.copytree(ortdecode.default_model_path(), out)
     graph_path = out / "decoder_model.onnx"
     graph = onnx.load(str(graph_path))
     for i, tensor in enumerate(graph.graph.initializer):
