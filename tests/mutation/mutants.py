@@ -30,30 +30,39 @@ LISTED = [
            "state.self_cache = outputs[1:1 + count]",
            "state.self_cache = [self._to_device(v.numpy()) for v in outputs[1:1 + count]]"),
     Mutant("beam reorder done on the host", "runner.py",
-           "        state.self_cache = self._gather_rows(state.self_cache, rows)\n\n",
-           "        state.self_cache = [self._to_device(v.numpy()[rows]) for v in state.self_cache]\n\n"),
+           "        state.self_cache = self._gather_rows(state.self_cache, rows)\n        state.decoder_mask",
+           "        state.self_cache = [self._to_device(v.numpy()[rows]) for v in state.self_cache]\n"
+           "        state.decoder_mask"),
     Mutant("score: labels shifted the wrong way", "generator.py",
            "decoder_input_ids[row, 1:len(ids)] = ids[:-1]", "decoder_input_ids[row, 1:len(ids)] = ids[1:]"),
-    Mutant("search object shared across calls, read once at loop start", "generator.py",
-           "        search = self._search(config, len(input_ids))\n        try:\n            for _ in self._decode(search,",
-           "        self._shared = search = self._search(config, len(input_ids))\n        try:\n"
-           "            for _ in self._decode(self._shared,",
-           "a call that starts between another call's assignment and its read decodes the other's search"),
+    Mutant("one engine shared across calls", "generator.py",
+           "config.new_token_budget, max_waiting=1, continuous=False)\n",
+           "config.new_token_budget, max_waiting=1, continuous=False)\n"
+           "        engine = self.__dict__.setdefault('_engine', engine)\n",
+           "(the decoding loop is the batch engine since the serving change; this is the old 'search object "
+           "shared across calls' mutant ported to it) calls would share one engine's state"),
     Mutant("temperature 3% off", "processors.py",
            "self.temperature = float(temperature)", "self.temperature = float(temperature) * 1.03"),
     Mutant("temperature applied after top-k/top-p", "processors.py",
-           """        if config.temperature != 1.0:
-            processors.append(Temperature(config.temperature))
-        if config.top_k != 0:
-            processors.append(TopK(config.top_k, min_tokens_to_keep))
-        if config.top_p < 1.0:
-            processors.append(TopP(config.top_p, min_tokens_to_keep))""",
-           """        if config.top_k != 0:
-            processors.append(TopK(config.top_k, min_tokens_to_keep))
-        if config.top_p < 1.0:
-            processors.append(TopP(config.top_p, min_tokens_to_keep))
-        if config.temperature != 1.0:
-            processors.append(Temperature(config.temperature))"""),
+           """        if cfg.temperature != 1.0:
+            processors.append(Temperature(cfg.temperature))
+        if cfg.top_k != 0:
+            processors.append(TopK(cfg.top_k, min_tokens_to_keep))
+        if cfg.top_p < 1.0:
+            processors.append(TopP(cfg.top_p, min_tokens_to_keep))""",
+           """        if cfg.top_k != 0:
+            processors.append(TopK(cfg.top_k, min_tokens_to_keep))
+        if cfg.top_p < 1.0:
+            processors.append(TopP(cfg.top_p, min_tokens_to_keep))
+        if cfg.temperature != 1.0:
+            processors.append(Temperature(cfg.temperature))"""),
     Mutant("top-k keeps k + 1 tokens", "processors.py",
            "k = min(self.top_k, scores.shape[-1])", "k = min(self.top_k + 1, scores.shape[-1])"),
+    Mutant("join: a newcomer's left padding is not masked", "runner.py",
+           "decoder_mask, encoder_mask = np.zeros((total, past), np.int64), np.zeros((total, source_length), np.int64)",
+           "decoder_mask, encoder_mask = np.ones((total, past), np.int64), np.zeros((total, source_length), np.int64)",
+           "continuous batching: a request that joins a running batch attends to zero keys"),
+    Mutant("engine: a request's kept rows (beam reorder) ignored in the batch", "engine.py",
+           "                keep[id(request)] = kept\n", "                keep[id(request)] = np.arange(request.rows)\n",
+           "beam search in the batch engine would continue from the wrong cache rows"),
 ]

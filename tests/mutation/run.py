@@ -45,9 +45,12 @@ class _MutatedCopy:
 
 sys.meta_path.insert(0, _MutatedCopy)
 """
-MODULES = ["search.py", "processors.py", "stopping.py", "runner.py", "generator.py"]
+MODULES = ["search.py", "processors.py", "stopping.py", "runner.py", "generator.py", "engine.py"]
 # The fast subset per module, most discriminating first (-x stops at the first failure).
 SUBSETS = {
+    # test_engine compares the engine with itself (joined vs alone): parity against transformers comes next.
+    "engine.py": ["tests/test_engine.py", "tests/test_parity.py::test_beam_search_sequences_and_scores_are_identical",
+                  "tests/test_runner.py", "tests/test_generator.py"],
     "search.py": ["tests/test_search.py", "tests/test_beam_endings.py",
                   "tests/test_parity.py::test_sampling_follows_the_processed_distribution",
                   "tests/test_generator.py"],
