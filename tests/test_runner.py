@@ -84,6 +84,12 @@ def test_unknown_provider_and_layout_are_rejected(tiny_v1):
         ortdecode.load(tiny_v1.export, threads=0)
 
 
+def test_one_thread_decodes_like_the_default(tiny_v1, generator):
+    one_thread = ortdecode.load(tiny_v1.export, provider="cpu", threads=1)
+    assert one_thread.runner.options.intra_op_num_threads == 1
+    assert one_thread.generate(TEXTS[:3], max_new_tokens=6).texts == generator.generate(TEXTS[:3], max_new_tokens=6).texts
+
+
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")
 def test_cuda_provider_without_cuda_is_a_clear_error(tiny_v1):
     with pytest.raises(ProviderError, match="provider 'cuda' requested.*ortdecode\\[gpu\\]"):

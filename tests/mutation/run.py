@@ -53,15 +53,17 @@ SUBSETS = {
                   "tests/test_runner.py", "tests/test_generator.py"],
     "search.py": ["tests/test_search.py", "tests/test_beam_endings.py",
                   "tests/test_parity.py::test_sampling_follows_the_processed_distribution",
-                  "tests/test_generator.py"],
+                  "tests/test_generator.py", "tests/test_generate_options.py"],
     "processors.py": ["tests/test_processors.py", "tests/test_parity.py::test_sampling_follows_the_processed_distribution",
                       "tests/test_beam_endings.py::test_greedy_rows_end_by_eos_at_their_own_step",
-                      "tests/test_parity.py::test_option_table_matches_transformers"],
-    "stopping.py": ["tests/test_stopping.py", "tests/test_beam_endings.py"],
+                      "tests/test_parity.py::test_option_table_matches_transformers", "tests/test_generate_options.py"],
+    "stopping.py": ["tests/test_stopping.py", "tests/test_beam_endings.py", "tests/test_generate_options.py",
+                    "tests/test_stop_strings.py"],
     "runner.py": ["tests/test_runner.py", "tests/test_parity.py::test_per_step_logits_match_pytorch",
                   "tests/test_generator.py"],
     "generator.py": ["tests/test_generator.py", "tests/test_beam_endings.py", "tests/test_stopping.py",
-                     "tests/test_load.py", "tests/test_cli.py::test_score_prints_transformers_log_probs"],
+                     "tests/test_load.py", "tests/test_cli.py::test_score_prints_transformers_log_probs",
+                     "tests/test_bad_requests.py", "tests/test_validate.py"],
 }
 TIME_LIMIT = 900
 
