@@ -86,7 +86,6 @@ def gemm_rates(threads: int, size: int = 1024, repeats: int = 7) -> dict:
     """Float32 GEMM rate (GFLOP/s) of a size x size x size product, by ONNX Runtime's MatMul (MLAS, the
     kernels ortdecode runs) with `threads` intra-op threads, and by NumPy's BLAS. The FLOP roofline uses
     the best of them."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Generator as PieceStream, Iterator, Sequence
+from typing import Generator as PieceStream, Sequence
 
 import numpy as np
 
