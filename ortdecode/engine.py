@@ -5,7 +5,7 @@ search, stop rules, random generator and deadline. `BatchEngine.step` is the loo
 
 1. requests that were cancelled leave; waiting requests that fit are admitted;
 2. ONE decoder step over every running row; each request advances on its slice of the logits;
-3. each admitted request runs its own encoder pass and first decoder step and advances on it;
+3. the admitted requests run their encoder pass and first decoder step, together, and advance on it;
 4. the batch is rebuilt in one runner call: finished requests' rows leave, beams are reordered,
    newcomers join (their self cache left-padded, `Runner.join`).
 
@@ -284,11 +284,9 @@ class BatchEngine:
         if keep:  # one decoder step over every running row; each request advances on its slice
             updates += self._step_running(keep)
         joining = []
-        for request in admitted:  # each newcomer: its own encoder pass and first decoder step
-            update, state, rows = self._first_step(request)
-            updates.append(update)
-            if rows is not None:
-                joining.append((request, state, rows))
+        if admitted:  # the newcomers' encoder pass and first decoder step, together
+            joined_updates, joining = self._first_steps(admitted)
+            updates += joined_updates
         self._rebuild(keep, joining)  # finished rows leave, beams reorder, newcomers join: one runner call
         self.last_step_seconds = time.perf_counter() - started
         return updates
@@ -316,18 +314,48 @@ class BatchEngine:
             offset += request.rows
         return updates
 
-    def _first_step(self, request: Request) -> tuple[RequestUpdate, "DecoderState | None", np.ndarray | None]:
-        """The request's own encoder pass and first decoder step, on one row per input; its beams or samples
-        share them (the logits are repeated, and the rows widened when the batch is rebuilt). Returns the
-        update, the state and the state's rows to keep (None when the request already finished)."""
-        try:
-            state = self.runner.encode(request.input_ids, request.attention_mask)
-            logits = self.runner.step(state, request.search.next_tokens[::request.config.rows_per_input])
-        except Exception as exc:  # noqa: BLE001 - this request's failure
-            return request.fail(exc), None, None
-        copies = np.repeat(np.arange(request.inputs), request.config.rows_per_input)
-        update, kept = self._advance(request, logits[copies])
-        return update, state, (None if kept is None else copies[kept])
+    def _first_steps(self, admitted: list[Request]) -> tuple[list[RequestUpdate], list]:
+        """The newcomers' encoder pass and first decoder step, in one encoder call and one decoder call over
+        one row per input (inputs right-padded to the longest, masked). Beams and samples of an input share
+        its row: the logits are repeated, and the rows widened when the batch is rebuilt. Returns the updates
+        and what joins: (request, state, rows of the state it keeps). A newcomer's tokens do not depend on
+        its companions (masked padding), as they do not depend on the running rows.
+
+        If the joint call fails, each newcomer runs alone, so that one bad request fails only itself."""
+        if len(admitted) > 1:
+            try:
+                state = self.runner.encode(*_stack_inputs(admitted, self.generator.manifest.pad_token_id))
+                logits = self.runner.step(state, np.concatenate(
+                    [r.search.next_tokens[::r.config.rows_per_input] for r in admitted]))
+            except Exception:  # noqa: BLE001 - find out whose failure it is, one at a time below
+                pass
+            else:
+                return self._advance_first(admitted, state, logits)
+        updates, joining = [], []
+        for request in admitted:
+            try:
+                state = self.runner.encode(request.input_ids, request.attention_mask)
+                logits = self.runner.step(state, request.search.next_tokens[::request.config.rows_per_input])
+            except Exception as exc:  # noqa: BLE001 - this request's failure
+                updates.append(request.fail(exc))
+                continue
+            more_updates, more_joining = self._advance_first([request], state, logits)
+            updates += more_updates
+            joining += more_joining
+        return updates, joining
+
+    def _advance_first(self, requests: list[Request], state: "DecoderState",
+                       logits: np.ndarray) -> tuple[list[RequestUpdate], list]:
+        """Each request advances on its first-step logits (its inputs' rows of `state`, in order)."""
+        updates, joining, offset = [], [], 0
+        for request in requests:
+            copies = offset + np.repeat(np.arange(request.inputs), request.config.rows_per_input)
+            update, kept = self._advance(request, logits[copies])
+            updates.append(update)
+            if kept is not None:
+                joining.append((request, state, copies[kept]))
+            offset += request.inputs
+        return updates, joining
 
     def _advance(self, request: Request, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
         try:
@@ -339,7 +367,9 @@ class BatchEngine:
         """Finished rows leave, beams reorder, newcomers join: one runner call."""
         staying = [r for r in self.running if id(r) in keep]
         parts = [(self.batch, self._rows_of(staying, keep))] if staying else []
-        parts += [(state, rows) for _, state, rows in joining]
+        for _, group in itertools.groupby(joining, key=lambda joiner: id(joiner[1])):  # newcomers of one state
+            group = list(group)
+            parts.append((group[0][1], np.concatenate([rows for _, _, rows in group])))
         self.running = staying + [request for request, _, _ in joining]
         if not parts:
             self.batch = None
@@ -379,3 +409,14 @@ class BatchEngine:
                 admitted.append(request)
                 rows, tokens = rows + request.rows, tokens + request.tokens
         return admitted, refused
+
+
+def _stack_inputs(requests: list[Request], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The requests' inputs in one batch, right-padded with masked pad tokens to the longest."""
+    width = max(r.input_ids.shape[1] for r in requests)
+
+    def padded(array: np.ndarray, value: int) -> np.ndarray:
+        return np.pad(array, [(0, 0), (0, width - array.shape[1])], constant_values=value)
+
+    return (np.concatenate([padded(r.input_ids, pad_token_id) for r in requests]),
+            np.concatenate([padded(r.attention_mask, 0) for r in requests]))

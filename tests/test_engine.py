@@ -80,6 +80,27 @@ def test_requests_joining_at_random_steps_decode_as_alone(generator, seed):
     assert sum(r.joined_busy_batch for r, _, _ in requests) >= len(requests) // 2
 
 
+def test_requests_admitted_together_share_one_encoder_pass_and_decode_as_alone(generator, monkeypatch):
+    """Newcomers of one step (different lengths and options, some joining a running batch) run their encoder
+    pass and first decoder step as one batch, right-padded: each still decodes as it does alone."""
+    engine = BatchEngine(generator, max_batch_rows=24)
+    encoded_batches = []
+    encode = generator.runner.encode
+
+    def counted_encode(input_ids, attention_mask):
+        encoded_batches.append(len(input_ids))
+        return encode(input_ids, attention_mask)
+
+    monkeypatch.setattr(generator.runner, "encode", counted_encode)
+    arrivals = [(0, TEXTS[i % len(TEXTS)], options) for i, options in enumerate(OPTIONS[:5])]
+    arrivals += [(2, TEXTS[(i + 2) % len(TEXTS)], options) for i, options in enumerate(OPTIONS[5:])]
+    requests = run_schedule(engine, arrivals)
+    assert encoded_batches == [5, 3]  # one encoder call per admitting step, one row per input
+    for request, text, options in requests:
+        assert request.error is None
+        assert_same_result(request.result, generator.generate(text, **options), f"{text!r} {options}")
+
+
 def test_a_full_batch_admits_requests_as_rows_free_up(generator):
     engine = BatchEngine(generator, max_batch_rows=4, max_batch_tokens=10_000)
     requests = [engine.submit(text, max_new_tokens=4 + i, num_beams=2) for i, text in enumerate(TEXTS[:5])]
