@@ -1,0 +1,130 @@
+"""The batch engine in a closed loop, without HTTP: what `ortdecode serve` costs below the server.
+
+C clients each submit their next request the moment their last one finishes (inputs of 4 to 64 random
+tokens, exactly 8 to 128 new tokens in steps of 8, as `benchmarks.serve` draws them), straight on
+`BatchEngine`; one thread steps it. Prints output tokens/s and time to first token (submit -> the step
+that made the first token returns) p50/p99, continuous or static batching, and the engine's time split:
+decoder steps of the running rows, newcomers' encoder + first step, the batch rebuild (`Runner.join`).
+
+    python -m benchmarks.engine_loop --model benchmarks/work/t5-small-fp32 [--concurrency 16] [--requests 64]
+        [--static] [--generate] [--code DIR]
+
+`--generate` measures plain `generate()` instead: time to first token (a 1-token generation, best of 3) and
+greedy tokens/s (64 new tokens, best of 3) at batch 1 and 8, inputs of 40 random tokens.
+
+`--code DIR` imports `ortdecode` from DIR instead (a `git worktree` of another revision), to compare two
+revisions on the same machine in one sitting; run both in turns, the machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.engine_loop", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="export folder")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--max-batch-rows", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--static", action="store_true", help="static batches (no joining)")
+    parser.add_argument("--generate", action="store_true", help="plain generate(): TTFT and tok/s at batch 1, 8")
+    parser.add_argument("--code", default=None, help="import ortdecode from this folder (another revision)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.code:
+        sys.path.insert(0, args.code)
+    import numpy as np
+
+    import ortdecode
+    from ortdecode.engine import BatchEngine
+
+    generator = ortdecode.load(args.model, provider="cpu", threads=args.threads)
+    if args.generate:
+        return _plain_generate(generator, np.random.default_rng(args.seed))
+    seconds = defaultdict(float)
+    _time_runner_verbs(generator.runner, seconds)
+    rng = np.random.default_rng(args.seed)
+    vocab = generator.manifest.vocab_size
+    pending = [(generator.tokenizer.decode(rng.integers(3, vocab, size=int(rng.integers(4, 65))).tolist(),
+                                           skip_special_tokens=True) or "x", int(rng.integers(1, 17)) * 8)
+               for _ in range(args.requests)]
+    engine = BatchEngine(generator, max_batch_rows=args.max_batch_rows, continuous=not args.static)
+    warm = engine.submit(pending[0][0], max_new_tokens=4, min_new_tokens=4)
+    while not warm.finished:
+        engine.step()
+    seconds.clear()
+
+    submitted, ttft, live, tokens = {}, [], set(), 0
+
+    def submit() -> None:
+        text, new_tokens = pending.pop(0)
+        request = engine.submit(text, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        submitted[request.request_id] = time.perf_counter()
+        live.add(request.request_id)
+
+    started = time.perf_counter()
+    for _ in range(min(args.concurrency, len(pending))):
+        submit()
+    steps = 0
+    while live:
+        for update in engine.step():
+            request = update.request
+            if request.request_id in submitted:
+                ttft.append(time.perf_counter() - submitted.pop(request.request_id))
+            if update.finished:
+                live.discard(request.request_id)
+                tokens += sum(len(s) - 1 for s in request.result.sequences)
+                if pending:
+                    submit()
+        steps += 1
+    elapsed = time.perf_counter() - started
+    ms = np.array(ttft) * 1000
+    split = ", ".join(f"{verb} {value:.2f} s" for verb, value in sorted(seconds.items()))
+    print(f"{'static' if args.static else 'continuous'}, {args.concurrency} clients, {args.requests} requests: "
+          f"{tokens / elapsed:.1f} tok/s, {steps} steps in {elapsed:.1f} s, time to first token p50 "
+          f"{np.percentile(ms, 50):.0f} ms, p99 {np.percentile(ms, 99):.0f} ms; runner time: {split}")
+
+
+def _plain_generate(generator, rng) -> None:
+    vocab = generator.manifest.vocab_size
+    texts = [generator.tokenizer.decode(rng.integers(3, vocab, size=40).tolist(), skip_special_tokens=True)
+             for _ in range(8)]
+    generator.generate(texts[:2], max_new_tokens=4)  # warm-up
+    parts = []
+    for batch in (1, 8):
+        first, whole = [], []
+        for _ in range(3):
+            started = time.perf_counter()
+            generator.generate(texts[:batch], max_new_tokens=1, min_new_tokens=1)
+            first.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            generator.generate(texts[:batch], max_new_tokens=64, min_new_tokens=64)
+            whole.append(time.perf_counter() - started)
+        parts.append(f"batch {batch}: time to first token {min(first) * 1000:.1f} ms, "
+                     f"{batch * 64 / min(whole):.0f} tok/s")
+    print("; ".join(parts))
+
+
+def _time_runner_verbs(runner, seconds: dict) -> None:
+    """Add each runner verb's wall time to `seconds` (the first decoder step of a state counts as 'first step')."""
+    def timed(name, verb):
+        def call(*args, **kwargs):
+            label = "first step" if name == "step" and not args[0].self_cache else name
+            started = time.perf_counter()
+            try:
+                return verb(*args, **kwargs)
+            finally:
+                seconds[label] += time.perf_counter() - started
+        return call
+
+    for name in ("encode", "step", "select", "join"):
+        setattr(runner, name, timed(name, getattr(runner, name)))
+
+
+if __name__ == "__main__":
+    main()
