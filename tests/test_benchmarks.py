@@ -47,3 +47,16 @@ def test_a_target_is_met_only_when_its_worst_round_clears_it():
     assert report._target("at most", rounds, 1.3, at_least=False)["met"] is True
     assert spread([None, 2.0, None])["median"] == 2.0 and spread([None]) is None
     assert report._target("not measured", None, 1.0, at_least=True)["met"] is None
+
+
+def test_the_engine_loop_runs_both_batching_modes_and_splits_runner_time(default_model_dir, capsys):
+    from benchmarks import engine_loop
+
+    for extra in ([], ["--static"]):
+        engine_loop.main(["--model", str(default_model_dir), "--concurrency", "3", "--requests", "5", *extra])
+        line = capsys.readouterr().out
+        assert line.startswith("static" if extra else "continuous") and "3 clients, 5 requests" in line
+        seconds = dict(part.rsplit(" ", 2)[:2] for part in line.split("runner time: ")[1].strip().split(", "))
+        assert {"encode", "first step", "step"} <= set(seconds) and float(seconds["step"]) > 0
+    engine_loop.main(["--model", str(default_model_dir), "--generate"])
+    assert capsys.readouterr().out.count("time to first token") == 2
