@@ -200,6 +200,8 @@ class BatchEngine:
                           "(requests wait for the running batch to finish). Export it again for continuous "
                           "batching.", stacklevel=2)
         self.continuous = continuous is not False and self.runner.has_decoder_mask
+        if self.continuous:  # the caches leave room for the rows a batch can hold: newcomers join in place
+            self.runner.row_capacity = max(self.runner.row_capacity, max_batch_rows)
         self.batch: DecoderState | None = None
         self.running: list[Request] = []  # in batch row order
         self.waiting: deque[Request] = deque()
@@ -282,7 +284,7 @@ class BatchEngine:
         if not (keep or admitted or updates):
             return []
         if keep:  # one decoder step over every running row; each request advances on its slice
-            updates += self._step_running(keep)
+            updates += self._step_running(keep, spare_rows=sum(r.rows for r in admitted))
         joining = []
         if admitted:  # the newcomers' encoder pass and first decoder step, together
             joined_updates, joining = self._first_steps(admitted)
@@ -291,15 +293,16 @@ class BatchEngine:
         self.last_step_seconds = time.perf_counter() - started
         return updates
 
-    def _step_running(self, keep: dict) -> list[RequestUpdate]:
-        """One decoder step over the running rows of `keep`; each request advances on its slice."""
+    def _step_running(self, keep: dict, spare_rows: int) -> list[RequestUpdate]:
+        """One decoder step over the running rows of `keep`; each request advances on its slice. The new
+        cache leaves room for `spare_rows` rows that join after it."""
         running = [r for r in self.running if id(r) in keep]
         if len(running) < len(self.running):  # cancelled rows leave first
             self.runner.select(self.batch, self._rows_of(running, keep))
             self.running = running
         try:
             tokens = np.concatenate([r.search.next_tokens for r in running])
-            logits = self.runner.step(self.batch, tokens)
+            logits = self.runner.step(self.batch, tokens, spare_rows=spare_rows)
         except Exception as exc:  # noqa: BLE001 - the whole batch failed: every request reports it
             keep.clear()
             return [r.fail(exc) for r in running]

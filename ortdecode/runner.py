@@ -124,6 +124,10 @@ class DecoderState:
     decoder_mask: np.ndarray  # int64[rows, past]: 1 where a row has a cached token, 0 for left padding
     self_cache: list[ort.OrtValue] = field(default_factory=list)  # key, value per layer: [rows, heads, past, d_kv]
     cross_cache: list[ort.OrtValue] = field(default_factory=list)  # key, value per layer: [rows, heads, src, d_kv]
+    # CPU only: host arrays with room for more rows whose first `rows` rows ARE the caches above (a leading-axis
+    # slice of a C-contiguous array is contiguous), so rows that join are written in place (`Runner.join`)
+    self_room: list[np.ndarray] | None = None
+    cross_room: list[np.ndarray] | None = None
 
     @property
     def rows(self) -> int:
@@ -183,6 +187,9 @@ class Runner:
         # reorder had its own spinning pool.
         self.cache_reorder = self._session(mf.CACHE_REORDER, options=reorder_options)
         self._no_encoder_output: ort.OrtValue | None = None
+        # Rows the CPU caches leave room for (the batch engine sets its max_batch_rows): joins then write the
+        # newcomers' rows in place instead of rebuilding the batch's caches (0: exact-size caches).
+        self.row_capacity = 0
         self._check_names()
 
     # ---------------------------------------------------------------- sessions
@@ -329,9 +336,10 @@ class Runner:
         return DecoderState(encoder_hidden=binding.get_outputs()[0], encoder_mask=mask, host_encoder_mask=host_mask,
                             sources=np.arange(inputs, dtype=np.int64), decoder_mask=np.zeros((inputs, 0), np.int64))
 
-    def step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
+    def step(self, state: DecoderState, tokens: np.ndarray, spare_rows: int = 0) -> np.ndarray:
         """Feed one token per row (int64[rows]); return that step's logits, float32[rows, vocab]. The first
-        step of a state runs the first-step graph (it also computes the cross-attention cache)."""
+        step of a state runs the first-step graph (it also computes the cross-attention cache).
+        spare_rows: rows about to join after this step; on CPU the new self cache leaves room for them."""
         n = self.names
         first = not state.self_cache
         session = self.decoder_merged if self.uses_merged else (self.decoder_first if first else self.decoder_with_past)
@@ -357,15 +365,26 @@ class Runner:
             for name, value in zip(self._past_cross, state.cross_cache):
                 binding.bind_ortvalue_input(name, value)
         binding.bind_output(n.logits, "cpu")
-        wanted = self._present_self + (self._present_cross if first else [])
-        self._bind_outputs_on_device(binding, wanted)
+        self_room = room_values = None
+        if spare_rows and not first and self.device_type == "cpu":
+            shape = (state.rows + spare_rows, self.manifest.num_heads, state.past + 1, self.manifest.d_kv)
+            self_room = [np.empty(shape, self.float_type) for _ in self._present_self]
+            room_values = [self._to_device(room[:state.rows]) for room in self_room]
+            for name, value in zip(self._present_self, room_values):
+                binding.bind_ortvalue_output(name, value)
+        else:
+            self._bind_outputs_on_device(binding, self._present_self)
+        if first:
+            self._bind_outputs_on_device(binding, self._present_cross)
         session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         count = len(self._present_self)
-        state.self_cache = outputs[1:1 + count]
+        state.self_cache = room_values or outputs[1:1 + count]
+        state.self_room = self_room
         state.decoder_mask = decoder_mask
         if first:
             state.cross_cache = outputs[1 + count:]
+            state.cross_room = None
             state.encoder_hidden = None
         logits = outputs[0].numpy()[:, -1, :]
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
@@ -391,10 +410,12 @@ class Runner:
             state.__dict__.update(joined.__dict__)
             return
         if not np.array_equal(state.sources[rows], state.sources):
-            state.cross_cache = self._gather_rows(state.cross_cache, rows)
+            state.cross_room = self._room(len(rows), state.cross_cache)
+            state.cross_cache = self._gather_rows(state.cross_cache, rows, state.cross_room)
             state.host_encoder_mask = state.host_encoder_mask[rows]
             state.encoder_mask = self._to_device(state.host_encoder_mask)
         state.self_cache = self._gather_rows(state.self_cache, rows)
+        state.self_room = None
         state.decoder_mask = state.decoder_mask[rows]
         state.sources = state.sources[rows]
 
@@ -405,18 +426,27 @@ class Runner:
 
         It builds the new tensors in host memory: on CPU the caches are host memory already (`numpy()` is a
         view) and each kept row is gathered, then placed (two memory copies); on CUDA it is a round trip
-        through the host. It runs once per step in which requests join, not on the normal step path."""
+        through the host. It runs once per step in which requests join, not on the normal step path. The common
+        case on CPU, newcomers joining a batch that keeps its rows, writes only the newcomers' rows, into room
+        the batch's caches left for them (`_append_in_place`)."""
         parts = [(state, np.asarray(rows, dtype=np.int64)) for state, rows in parts if len(rows)]
+        appended = self._append_in_place(parts)
+        if appended is not None:
+            return appended
         used = [_used_lengths(state.decoder_mask[rows], state.host_encoder_mask[rows]) for state, rows in parts]
         past, source_length = max(u[0] for u in used), max(u[1] for u in used)
         total = sum(len(rows) for _, rows in parts)
 
-        def blank(values: list[ort.OrtValue], length: int) -> list[np.ndarray]:
-            return [np.zeros((total, self.manifest.num_heads, length, self.manifest.d_kv), self.float_type)
+        def blank(values: list[ort.OrtValue], length: int, rows: int) -> list[np.ndarray]:
+            return [np.zeros((rows, self.manifest.num_heads, length, self.manifest.d_kv), self.float_type)
                     for _ in values]
 
         decoder_mask, encoder_mask = np.zeros((total, past), np.int64), np.zeros((total, source_length), np.int64)
-        self_cache, cross_cache = blank(parts[0][0].self_cache, past), blank(parts[0][0].cross_cache, source_length)
+        self_cache = blank(parts[0][0].self_cache, past, total)
+        cross_room = blank(parts[0][0].cross_cache, source_length, self.row_capacity) \
+            if self.device_type == "cpu" and self.row_capacity > total else None
+        cross_cache = [room[:total] for room in cross_room] if cross_room else blank(parts[0][0].cross_cache,
+                                                                                      source_length, total)
         sources, offset = [], 0
         for state, rows in parts:
             end = offset + len(rows)
@@ -437,18 +467,63 @@ class Runner:
         return DecoderState(encoder_hidden=None, encoder_mask=self._to_device(encoder_mask),
                             host_encoder_mask=encoder_mask, sources=np.concatenate(sources), decoder_mask=decoder_mask,
                             self_cache=[self._to_device(v) for v in self_cache],
-                            cross_cache=[self._to_device(v) for v in cross_cache])
+                            cross_cache=[self._to_device(v) for v in cross_cache], cross_room=cross_room)
 
-    def _gather_rows(self, values: list[ort.OrtValue], rows: np.ndarray) -> list[ort.OrtValue]:
+    def _append_in_place(self, parts: list[tuple[DecoderState, np.ndarray]]) -> DecoderState | None:
+        """`join`'s common case on CPU: newcomers appended to a running batch that keeps all its rows in place,
+        whose caches have room for them (`step(spare_rows=...)`, `row_capacity`). Only the newcomers' rows are
+        written; the batch's rows stay where they are. None when the case does not apply."""
+        if len(parts) != 2:
+            return None
+        (batch, kept), (new, rows) = parts
+        n, k, past, source_length = batch.rows, len(rows), batch.past, batch.host_encoder_mask.shape[1]
+        if batch.self_room is None or batch.cross_room is None or len(batch.self_room[0]) < n + k or \
+                len(batch.cross_room[0]) < n + k or not np.array_equal(kept, np.arange(n)) or new.past > past:
+            return None
+        _, width = _used_lengths(new.decoder_mask[rows], new.host_encoder_mask[rows])
+        if width > source_length:
+            return None
+        for room, value in zip(batch.self_room, new.self_cache):  # left-padded to the batch's past
+            room[n:n + k, :, :past - new.past] = 0
+            room[n:n + k, :, past - new.past:] = value.numpy()[rows]
+        for room, value in zip(batch.cross_room, new.cross_cache):  # right-padded to the batch's source
+            room[n:n + k, :, :width] = value.numpy()[rows, :, :width]
+            room[n:n + k, :, width:] = 0
+        new_decoder_mask = np.pad(new.decoder_mask[rows], ((0, 0), (past - new.past, 0)))
+        new_encoder_mask = np.pad(new.host_encoder_mask[rows, :width], ((0, 0), (0, source_length - width)))
+        decoder_mask = np.concatenate([batch.decoder_mask, new_decoder_mask])
+        encoder_mask = np.concatenate([batch.host_encoder_mask, new_encoder_mask])
+        sources = np.concatenate([batch.sources, new.sources[rows] + batch.sources.max() + 1 - new.sources.min()])
+        return DecoderState(encoder_hidden=None, encoder_mask=self._to_device(encoder_mask),
+                            host_encoder_mask=encoder_mask, sources=sources, decoder_mask=decoder_mask,
+                            self_cache=[self._to_device(room[:n + k]) for room in batch.self_room],
+                            cross_cache=[self._to_device(room[:n + k]) for room in batch.cross_room],
+                            cross_room=batch.cross_room)
+
+    def _gather_rows(self, values: list[ort.OrtValue], rows: np.ndarray,
+                     room: list[np.ndarray] | None = None) -> list[ort.OrtValue]:
         """Gather along the batch axis of one key/value pair per layer, in one call of the cache-reorder
-        graph, on the runner's device."""
+        graph, on the runner's device (into the first rows of `room` when given)."""
         binding = self.cache_reorder.io_binding()
         binding.bind_cpu_input(self.names.reorder_indices, np.ascontiguousarray(rows, dtype=np.int64))
         for name, value in zip(self._reorder_in, values):
             binding.bind_ortvalue_input(name, value)
-        self._bind_outputs_on_device(binding, self._reorder_out)
+        if room is None:
+            self._bind_outputs_on_device(binding, self._reorder_out)
+        else:
+            gathered = [self._to_device(array[:len(rows)]) for array in room]
+            for name, value in zip(self._reorder_out, gathered):
+                binding.bind_ortvalue_output(name, value)
         self.cache_reorder.run_with_iobinding(binding)
-        return binding.get_outputs()
+        return gathered if room is not None else binding.get_outputs()
+
+    def _room(self, rows: int, like: list[ort.OrtValue] | list[np.ndarray]) -> list[np.ndarray] | None:
+        """Host arrays shaped like `like` ([rows', heads, length, d_kv] each) with `row_capacity` rows, when
+        that is more than `rows` and the caches live in host memory; else None."""
+        if self.device_type != "cpu" or self.row_capacity <= rows:
+            return None
+        shape = tuple(like[0].shape())[1:] if isinstance(like[0], ort.OrtValue) else like[0].shape[1:]
+        return [np.empty((self.row_capacity, *shape), self.float_type) for _ in like]
 
     def teacher_forced_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                               decoder_input_ids: np.ndarray) -> np.ndarray:

@@ -82,7 +82,7 @@ def test_requests_joining_at_random_steps_decode_as_alone(generator, seed):
 
 def test_requests_admitted_together_share_one_encoder_pass_and_decode_as_alone(generator, monkeypatch):
     """Newcomers of one step (different lengths and options, some joining a running batch) run their encoder
-    pass and first decoder step as one batch, right-padded: each still decodes as it does alone."""
+    pass and first decoder step as one batch, right-padded, and join in place: each decodes as it does alone."""
     engine = BatchEngine(generator, max_batch_rows=24)
     encoded_batches = []
     encode = generator.runner.encode
@@ -92,10 +92,16 @@ def test_requests_admitted_together_share_one_encoder_pass_and_decode_as_alone(g
         return encode(input_ids, attention_mask)
 
     monkeypatch.setattr(generator.runner, "encode", counted_encode)
+    appended_in_place = []
+    append = generator.runner._append_in_place
+    monkeypatch.setattr(generator.runner, "_append_in_place",
+                        lambda parts: appended_in_place.append(append(parts)) or appended_in_place[-1])
     arrivals = [(0, TEXTS[i % len(TEXTS)], options) for i, options in enumerate(OPTIONS[:5])]
     arrivals += [(2, TEXTS[(i + 2) % len(TEXTS)], options) for i, options in enumerate(OPTIONS[5:])]
     requests = run_schedule(engine, arrivals)
     assert encoded_batches == [5, 3]  # one encoder call per admitting step, one row per input
+    # the step-2 newcomers were written into the room the running caches left for them (CPU)
+    assert sum(joined is not None for joined in appended_in_place) == 1
     for request, text, options in requests:
         assert request.error is None
         assert_same_result(request.result, generator.generate(text, **options), f"{text!r} {options}")
