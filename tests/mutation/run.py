@@ -59,8 +59,9 @@ SUBSETS = {
                       "tests/test_parity.py::test_option_table_matches_transformers", "tests/test_generate_options.py"],
     "stopping.py": ["tests/test_stopping.py", "tests/test_beam_endings.py", "tests/test_generate_options.py",
                     "tests/test_stop_strings.py"],
-    "runner.py": ["tests/test_runner.py", "tests/test_parity.py::test_per_step_logits_match_pytorch",
-                  "tests/test_generator.py"],
+    # test_engine: joins in place (the batch engine gives the runner room for newcomers; generate() does not)
+    "runner.py": ["tests/test_runner.py", "tests/test_engine.py",
+                  "tests/test_parity.py::test_per_step_logits_match_pytorch", "tests/test_generator.py"],
     "generator.py": ["tests/test_generator.py", "tests/test_beam_endings.py", "tests/test_stopping.py",
                      "tests/test_load.py", "tests/test_cli.py::test_score_prints_transformers_log_probs",
                      "tests/test_bad_requests.py", "tests/test_validate.py"],
