@@ -10,7 +10,8 @@ Every engine gets the same token ids and must produce exactly `new_tokens` token
 - CTranslate2: its converter on the same checkpoint, same tokens given as vocabulary strings.
 
 Threads are pinned the same way for every engine (`make_engine`'s spec "threads", T): ONNX Runtime (ortdecode,
-Optimum) T intra-op threads, 1 inter-op thread, spin-waiting as "spinning" says (ONNX Runtime's default: on);
+Optimum) T intra-op threads, 1 inter-op thread (sequential execution: the inter-op pool is unused), spin-waiting
+as "spinning" says (ONNX Runtime's default: on; ortdecode by default spins in its step-after-step decoder only);
 CTranslate2 intra_threads=T, inter_threads=1; PyTorch set_num_threads(T), 1 inter-op thread; and the driver
 starts every engine's process with OMP_NUM_THREADS = MKL_NUM_THREADS = OPENBLAS_NUM_THREADS = T.
 """
@@ -79,9 +80,13 @@ class OrtDecodeEngine:
                  cpu_mem_arena: bool = True, share_weights: bool = False):
         import ortdecode
 
-        options = ort_session_options(threads, spinning, session_config, cpu_mem_arena)
+        # ortdecode's own session options unless a case changes them: its threads' spinning policy (the
+        # step-after-step decoder spins, the once-per-request graphs do not) is part of what is measured.
+        own = spinning and not session_config and cpu_mem_arena
+        options = None if own else ort_session_options(threads, spinning, session_config, cpu_mem_arena)
         self.generator = ortdecode.load(export_dir, provider=provider, decoder_layout=decoder_layout,
-                                        session_options=options, share_weights=share_weights)
+                                        threads=threads if own else None, session_options=options,
+                                        share_weights=share_weights)
         self.name = label or self.name
 
     def run(self, sources, workload: Workload, new_tokens: int, seed: int = 0) -> np.ndarray:
