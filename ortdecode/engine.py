@@ -325,27 +325,20 @@ class BatchEngine:
         its companions (masked padding), as they do not depend on the running rows.
 
         If the joint call fails, each newcomer runs alone, so that one bad request fails only itself."""
-        if len(admitted) > 1:
-            try:
-                state = self.runner.encode(*_stack_inputs(admitted, self.generator.manifest.pad_token_id))
-                logits = self.runner.step(state, np.concatenate(
-                    [r.search.next_tokens[::r.config.rows_per_input] for r in admitted]))
-            except Exception:  # noqa: BLE001 - find out whose failure it is, one at a time below
-                pass
-            else:
-                return self._advance_first(admitted, state, logits)
-        updates, joining = [], []
-        for request in admitted:
-            try:
-                state = self.runner.encode(request.input_ids, request.attention_mask)
-                logits = self.runner.step(state, request.search.next_tokens[::request.config.rows_per_input])
-            except Exception as exc:  # noqa: BLE001 - this request's failure
-                updates.append(request.fail(exc))
-                continue
-            more_updates, more_joining = self._advance_first([request], state, logits)
-            updates += more_updates
-            joining += more_joining
-        return updates, joining
+        try:
+            state = self.runner.encode(*_stack_inputs(admitted, self.generator.manifest.pad_token_id))
+            logits = self.runner.step(state, np.concatenate(
+                [r.search.next_tokens[::r.config.rows_per_input] for r in admitted]))
+        except Exception as exc:  # noqa: BLE001 - this request's failure, or find out whose one at a time
+            if len(admitted) == 1:
+                return [admitted[0].fail(exc)], []
+            updates, joining = [], []
+            for request in admitted:
+                more_updates, more_joining = self._first_steps([request])
+                updates += more_updates
+                joining += more_joining
+            return updates, joining
+        return self._advance_first(admitted, state, logits)
 
     def _advance_first(self, requests: list[Request], state: "DecoderState",
                        logits: np.ndarray) -> tuple[list[RequestUpdate], list]:

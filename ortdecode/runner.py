@@ -368,11 +368,8 @@ class Runner:
         binding.bind_output(n.logits, "cpu")
         self_room = room_values = None
         if spare_rows and not first and self.device_type == "cpu":
-            shape = (state.rows + spare_rows, self.manifest.num_heads, state.past + 1, self.manifest.d_kv)
-            self_room = [np.empty(shape, self.float_type) for _ in self._present_self]
-            room_values = [self._to_device(room[:state.rows]) for room in self_room]
-            for name, value in zip(self._present_self, room_values):
-                binding.bind_ortvalue_output(name, value)
+            self_room = self._room(state.rows + spare_rows, state.past + 1)
+            room_values = self._bind_outputs_in(binding, self._present_self, self_room, state.rows)
         else:
             self._bind_outputs_on_device(binding, self._present_self)
         if first:
@@ -411,7 +408,8 @@ class Runner:
             state.__dict__.update(joined.__dict__)
             return
         if not np.array_equal(state.sources[rows], state.sources):
-            state.cross_room = self._room(len(rows), state.cross_cache)
+            state.cross_room = self._room(self.row_capacity, state.host_encoder_mask.shape[1]) \
+                if self.device_type == "cpu" and self.row_capacity > len(rows) else None
             state.cross_cache = self._gather_rows(state.cross_cache, rows, state.cross_room)
             state.host_encoder_mask = state.host_encoder_mask[rows]
             state.encoder_mask = self._to_device(state.host_encoder_mask)
@@ -511,20 +509,25 @@ class Runner:
             binding.bind_ortvalue_input(name, value)
         if room is None:
             self._bind_outputs_on_device(binding, self._reorder_out)
-        else:
-            gathered = [self._to_device(array[:len(rows)]) for array in room]
-            for name, value in zip(self._reorder_out, gathered):
-                binding.bind_ortvalue_output(name, value)
+            self.cache_reorder.run_with_iobinding(binding)
+            return binding.get_outputs()
+        gathered = self._bind_outputs_in(binding, self._reorder_out, room, len(rows))
         self.cache_reorder.run_with_iobinding(binding)
-        return gathered if room is not None else binding.get_outputs()
+        return gathered
 
-    def _room(self, rows: int, like: list[ort.OrtValue] | list[np.ndarray]) -> list[np.ndarray] | None:
-        """Host arrays shaped like `like` ([rows', heads, length, d_kv] each) with `row_capacity` rows, when
-        that is more than `rows` and the caches live in host memory; else None."""
-        if self.device_type != "cpu" or self.row_capacity <= rows:
-            return None
-        shape = tuple(like[0].shape())[1:] if isinstance(like[0], ort.OrtValue) else like[0].shape[1:]
-        return [np.empty((self.row_capacity, *shape), self.float_type) for _ in like]
+    def _room(self, rows: int, length: int) -> list[np.ndarray]:
+        """Uninitialized host arrays for one key/value pair per layer, [rows, heads, length, d_kv] each."""
+        shape = (rows, self.manifest.num_heads, length, self.manifest.d_kv)
+        return [np.empty(shape, self.float_type) for _ in self._present_self]
+
+    def _bind_outputs_in(self, binding: ort.IOBinding, names: list[str], room: list[np.ndarray],
+                         rows: int) -> list[ort.OrtValue]:
+        """Bind outputs `names` to the first `rows` rows of host arrays `room` (contiguous: a leading-axis
+        slice); returns the bound values, which keep their arrays alive."""
+        values = [self._to_device(array[:rows]) for array in room]
+        for name, value in zip(names, values):
+            binding.bind_ortvalue_output(name, value)
+        return values
 
     def teacher_forced_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                               decoder_input_ids: np.ndarray) -> np.ndarray:
