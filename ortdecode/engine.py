@@ -4,8 +4,9 @@ Each request owns its rows (its beams or samples, adjacent in the batch), its op
 search, stop rules, random generator and deadline. `BatchEngine.step` is the loop's body; read it first:
 
 1. requests that were cancelled leave; waiting requests that fit are admitted;
-2. ONE decoder step over every running row; each request advances on its slice of the logits;
-3. the admitted requests run their encoder pass and first decoder step, together, and advance on it;
+2. the admitted requests run their encoder pass and first decoder step, together, and advance on it
+   (first, as vLLM schedules prefills first: a newcomer's first token does not wait for step 3);
+3. ONE decoder step over every running row; each request advances on its slice of the logits;
 4. the batch is rebuilt in one runner call: finished requests' rows leave, beams are reordered,
    newcomers join (their self cache left-padded, `Runner.join`).
 
@@ -26,7 +27,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -272,10 +273,14 @@ class BatchEngine:
             self.closed = True
 
     # ------------------------------------------------------------------ the loop (one thread)
-    def step(self) -> list[RequestUpdate]:
-        """One iteration: cancelled requests leave, waiting ones are admitted, one decoder step runs over
-        every running row, each request advances on its slice, the batch is rebuilt. Returns one update
-        per request that changed; [] at once when idle."""
+    def step(self, publish: Callable[[list[RequestUpdate]], None] | None = None) -> list[RequestUpdate]:
+        """One iteration: cancelled requests leave, waiting ones are admitted and take their first step, one
+        decoder step runs over every running row, each request advances on its slice, the batch is rebuilt.
+        Returns one update per request that changed; [] at once when idle.
+
+        publish: given, it receives the updates made before the running rows' step (cancellations, refusals,
+        the newcomers' first tokens) as soon as they exist, and they are not returned again: a server sends
+        a newcomer's first token while the batch steps."""
         started = time.perf_counter()
         updates = [r.stop(CANCELLED) for r in self.running if r.cancel_requested]
         keep = {id(r): np.arange(r.rows) for r in self.running if not r.cancel_requested}  # request -> its kept rows
@@ -283,12 +288,15 @@ class BatchEngine:
         updates += refused
         if not (keep or admitted or updates):
             return []
-        if keep:  # one decoder step over every running row; each request advances on its slice
-            updates += self._step_running(keep, spare_rows=sum(r.rows for r in admitted))
         joining = []
-        if admitted:  # the newcomers' encoder pass and first decoder step, together
-            joined_updates, joining = self._first_steps(admitted)
+        if admitted:  # the newcomers' encoder pass and first decoder step, together, first: their first token
+            joined_updates, joining = self._first_steps(admitted)  # does not wait for the running rows' step
             updates += joined_updates
+        if publish is not None and updates and keep:
+            publish(updates)
+            updates = []
+        if keep:  # one decoder step over every running row; each request advances on its slice
+            updates += self._step_running(keep, spare_rows=sum(len(rows) for _, _, rows in joining))
         self._rebuild(keep, joining)  # finished rows leave, beams reorder, newcomers join: one runner call
         self.last_step_seconds = time.perf_counter() - started
         return updates

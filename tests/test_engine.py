@@ -107,6 +107,30 @@ def test_requests_admitted_together_share_one_encoder_pass_and_decode_as_alone(g
         assert_same_result(request.result, generator.generate(text, **options), f"{text!r} {options}")
 
 
+def test_newcomers_first_tokens_are_published_before_the_running_rows_step(generator, monkeypatch):
+    """A server sends a newcomer's first token while the batch steps: `step(publish=...)` hands over the
+    newcomers' updates before the running rows' decoder step starts, and does not return them again."""
+    engine = BatchEngine(generator, max_batch_rows=8)
+    running = engine.submit(TEXTS[0], max_new_tokens=12, min_new_tokens=12)
+    engine.step()
+    events = []
+    step = generator.runner.step
+    monkeypatch.setattr(generator.runner, "step", lambda state, tokens, **kw: events.append(
+        ("first step" if not state.self_cache else f"step of {state.rows} rows")) or step(state, tokens, **kw))
+    newcomers = [engine.submit(text, max_new_tokens=6, **options) for text, options in
+                 ((TEXTS[1], {}), (TEXTS[2], dict(num_beams=2)))]
+    returned = engine.step(publish=lambda updates: events.append([u.request for u in updates]))
+    assert events == ["first step", newcomers, "step of 1 rows"]
+    assert [u.request for u in returned] == [running] and all(len(u.new_token_ids[0]) == 1 for u in returned)
+    engine.step(publish=lambda updates: pytest.fail("nobody joined: nothing to publish early"))
+    while not all(r.finished for r in [running, *newcomers]):
+        engine.step()
+    for request, text, options in ((running, TEXTS[0], dict(max_new_tokens=12, min_new_tokens=12)),
+                                   (newcomers[0], TEXTS[1], dict(max_new_tokens=6)),
+                                   (newcomers[1], TEXTS[2], dict(max_new_tokens=6, num_beams=2))):
+        assert_same_result(request.result, generator.generate(text, **options), text)
+
+
 def test_a_full_batch_admits_requests_as_rows_free_up(generator):
     engine = BatchEngine(generator, max_batch_rows=4, max_batch_tokens=10_000)
     requests = [engine.submit(text, max_new_tokens=4 + i, num_beams=2) for i, text in enumerate(TEXTS[:5])]

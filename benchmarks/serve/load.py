@@ -86,12 +86,17 @@ def closed_loop(url: str, streaming: bool, requests: list[BenchRequest], concurr
     return asyncio.run(_closed_loop(url, streaming, requests, concurrency, progress))
 
 
-def summarize(answers: list[Answer], wall: float) -> dict:
+def summarize(answers: list[Answer], wall: float, first_wave: int) -> dict:
+    """Throughput and latency percentiles; time to first token also without the first wave (the first
+    `first_wave` requests, which every client sends at the same instant: a burst the steady state never sees)."""
     ttft = np.array([a.ttft for a in answers])
+    steady = ttft[first_wave:] if len(ttft) > first_wave else ttft
     latency = np.array([a.latency for a in answers])
     tokens = sum(a.tokens for a in answers)
     return {"requests": len(answers), "output_tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall,
             "requests_per_s": len(answers) / wall,
             "ttft_p50_ms": 1000 * float(np.percentile(ttft, 50)), "ttft_p99_ms": 1000 * float(np.percentile(ttft, 99)),
+            "ttft_steady_p50_ms": 1000 * float(np.percentile(steady, 50)),
+            "ttft_steady_p99_ms": 1000 * float(np.percentile(steady, 99)),
             "latency_p50_ms": 1000 * float(np.percentile(latency, 50)),
             "latency_p99_ms": 1000 * float(np.percentile(latency, 99))}

@@ -64,7 +64,7 @@ def bench_model(name: str, args, bar) -> dict:
                     closed_loop(server.url, streaming, requests[:concurrency], concurrency)  # warm-up
                     bar.set_postfix_str(f"{name}: {system}, {concurrency} clients")
                     answers, wall = closed_loop(server.url, streaming, requests, concurrency, lambda: bar.update(1))
-                    rows.append({"system": system, "concurrency": concurrency, **summarize(answers, wall)})
+                    rows.append({"system": system, "concurrency": concurrency, **summarize(answers, wall, first_wave=concurrency)})
                     texts[(system, concurrency)] = [a.text for a in answers]
         except Exception as exc:  # a system that cannot run is reported, not fatal
             errors[system] = f"{type(exc).__name__}: {str(exc).strip()[:500]}"

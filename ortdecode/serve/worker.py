@@ -71,7 +71,7 @@ class EngineWorker:
             if not self.engine.wait_for_work(0.1):
                 continue
             try:
-                updates = self.engine.step()
+                updates = self.engine.step(publish=self._deliver_soon)  # newcomers' first tokens: at once
             except Exception as exc:  # the engine itself failed: its open requests answer 500, the server goes on
                 log.exception("ortdecode: engine step failed")
                 self.loop.call_soon_threadsafe(self._fail_open_requests, exc)
@@ -79,7 +79,10 @@ class EngineWorker:
                 continue
             if updates:
                 self.metrics.step_seconds.observe(self.engine.last_step_seconds)
-                self.loop.call_soon_threadsafe(self._deliver, updates)
+                self._deliver_soon(updates)
+
+    def _deliver_soon(self, updates) -> None:
+        self.loop.call_soon_threadsafe(self._deliver, updates)
 
     def _deliver(self, updates) -> None:
         for update in updates:
