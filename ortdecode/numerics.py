@@ -19,6 +19,56 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+_GROUPS = 2048  # column groups whose maxima bound the k-th largest value from below (`_top_candidates`)
+
+
+def _top_candidates(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The entries of float[rows, n] that can be among each row's k largest, found without a selection over
+    the whole row. Column c belongs to group c % `_GROUPS` (the last n % _GROUPS columns are groups of their
+    own). The group maxima are distinct entries, so at least k entries reach the k-th largest maximum: a floor
+    under the row's k-th largest value. Only the groups whose maximum reaches the floor hold candidates.
+    Returns the candidates' (rows, columns) sorted by row, then value descending, then column, and where each
+    row's run starts; None when the rows are too short for it to pay, or when the floor lets too many groups
+    through (flat rows, rows mostly -inf)."""
+    count, n = values.shape
+    per_group = n // _GROUPS
+    if per_group < 4 or 4 * k > _GROUPS:
+        return None
+    head = per_group * _GROUPS
+    maxima = values[:, :head].reshape(count, per_group, _GROUPS).max(axis=1)  # one pass, contiguous runs
+    maxima = np.concatenate([maxima, values[:, head:]], axis=1)  # the last columns: one-column groups
+    floor = np.partition(maxima, maxima.shape[1] - k, axis=1)[:, maxima.shape[1] - k]
+    rows, groups = np.nonzero(maxima >= floor[:, None])
+    if len(rows) > count * max(4 * k, 64):
+        return None
+    in_head = groups < _GROUPS
+    members = groups[in_head, None] + _GROUPS * np.arange(per_group)  # each hit group's columns
+    rows = np.concatenate([np.repeat(rows[in_head], per_group), rows[~in_head]])
+    columns = np.concatenate([members.reshape(-1), head + groups[~in_head] - _GROUPS])
+    order = np.lexsort((columns, -values[rows, columns], rows))
+    rows, columns = rows[order], columns[order]
+    return rows, columns, np.searchsorted(rows, np.arange(count))
+
+
+def top_k_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """int64[rows, k]: the columns of the k largest entries of each row of float[rows, n], largest first, equal
+    values in column order (a stable sort's order; k <= n)."""
+    found = _top_candidates(values, k)
+    if found is None:
+        return np.argsort(-values, axis=-1, kind="stable")[:, :k]
+    _, columns, starts = found
+    return columns[starts[:, None] + np.arange(k)].astype(np.int64, copy=False)
+
+
+def kth_largest(values: np.ndarray, k: int) -> np.ndarray:
+    """[rows, 1]: the k-th largest entry of each row of float[rows, n] (k <= n)."""
+    found = _top_candidates(values, k)
+    if found is None:
+        return np.partition(values, -k, axis=-1)[:, -k:].min(axis=-1, keepdims=True)
+    rows, columns, starts = found
+    return values[rows[starts + k - 1], columns[starts + k - 1]][:, None]
+
+
 def softmax_weights(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """exp(scores - row max) in the scores' dtype, and their row sums in float64: softmax = weights / sums.
     Entries at -inf get weight 0."""

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .config import GenerationConfig
-from .numerics import first_crossing, log_softmax, softmax_weights, without_overflow
+from .numerics import first_crossing, kth_largest, log_softmax, softmax_weights, without_overflow
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -298,8 +298,7 @@ class TopK:
         if self.top_k == 0:
             return scores.copy()
         k = min(self.top_k, scores.shape[-1])
-        kth_largest = np.partition(scores, -k, axis=-1)[:, -k:].min(axis=-1, keepdims=True)
-        return np.where(scores < kth_largest, -np.inf, scores).astype(scores.dtype, copy=False)
+        return np.where(scores < kth_largest(scores, k), -np.inf, scores).astype(scores.dtype, copy=False)
 
 
 class TopP:
@@ -337,8 +336,7 @@ class TopP:
 
 def _top_scores_floor(scores: np.ndarray, count: int) -> np.ndarray:
     """[rows, 1]: the ``count``-th largest score of each row; tokens at or above it are always kept."""
-    k = min(count, scores.shape[-1])
-    return np.partition(scores, -k, axis=-1)[:, -k:].min(axis=-1, keepdims=True)
+    return kth_largest(scores, min(count, scores.shape[-1]))
 
 
 def _check_min_tokens_to_keep(min_tokens_to_keep) -> None:

@@ -170,7 +170,9 @@ class Runner:
                 session_options.intra_op_num_threads = threads
             if self.shared_weights is not None:
                 self.shared_weights.apply(session_options)
-        reorder_options = self._new_options(1, spinning=False, shared=False)
+        # The reorder is a memory copy: its threads do not spin either. Measured (beam 4, t5-small, 2 cores, one
+        # thread against two in turns): batch 32 reorders took 0.86-0.91 s against 0.57-0.67 s per generation.
+        reorder_options = self._new_options(threads, spinning=False, shared=False)
         reorder_options.enable_profiling = self.options.enable_profiling  # a profiled run profiles every graph
         reorder_options.profile_file_prefix = self.options.profile_file_prefix
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import DECODER_PROMPT_LENGTH, GenerationConfig
-from .numerics import first_crossing, log_softmax, softmax_weights
+from .numerics import first_crossing, log_softmax, softmax_weights, top_k_indices
 from .stopping import LENGTH, RUNNING, TIME, StopRules, reason_names
 
 # transformers marks impossible beams with this score rather than -inf, so sums stay finite.
@@ -56,18 +56,6 @@ def sample_without_replacement(log_weights: np.ndarray, k: int, rng: np.random.G
     among those not yet drawn (the Gumbel-top-k trick; same law as torch.multinomial without replacement)."""
     keys = log_weights.astype(np.float64) + rng.gumbel(size=log_weights.shape)
     return np.argsort(-keys, axis=-1, kind="stable")[:, :k]
-
-
-def _topk_indices(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest per row, largest first; equal values in index order. A partial selection
-    (argpartition) then a sort of the k winners: a full sort of [batch, beams * vocab] would cost more
-    than the model step."""
-    if k < values.shape[-1]:
-        candidates = np.argpartition(values, values.shape[-1] - k, axis=-1)[:, -k:]
-    else:
-        candidates = np.broadcast_to(np.arange(values.shape[-1]), values.shape)
-    order = np.lexsort((candidates, -np.take_along_axis(values, candidates, axis=-1)), axis=-1)
-    return np.take_along_axis(candidates, order, axis=-1)
 
 
 class TokenSearch:
@@ -183,7 +171,7 @@ class BeamSearch:
             log_weights = total - total.max(axis=-1, keepdims=True)
             picked = sample_without_replacement(log_weights, self.candidates, self.rng)
         else:
-            picked = _topk_indices(total, self.candidates)
+            picked = top_k_indices(total, self.candidates)
         cand_scores = np.take_along_axis(total, picked, axis=1)
         cand_beam = picked // vocab
         cand_token = picked % vocab
@@ -197,7 +185,7 @@ class BeamSearch:
 
         # The best unfinished candidates continue.
         live_scores = cand_scores + hits_stop.astype(np.float32) * _IMPOSSIBLE
-        keep = _topk_indices(live_scores, K)
+        keep = top_k_indices(live_scores, K)
         self.running = np.take_along_axis(cand_seqs, keep[:, :, None], axis=1)
         self.running_scores = np.take_along_axis(live_scores, keep, axis=1)
         self.running_beam_indices = np.take_along_axis(cand_beam_indices, keep[:, :, None], axis=1)
@@ -244,7 +232,7 @@ class BeamSearch:
         merged_lengths = np.concatenate([self.finished_lengths, np.full(scores.shape, length, dtype=np.int64)], axis=1)
         merged_finished = np.concatenate([self.is_finished, just_finished], axis=1)
         merged_reasons = np.concatenate([self.finished_reasons, reasons], axis=1)
-        best = _topk_indices(merged_scores, self.beams)
+        best = top_k_indices(merged_scores, self.beams)
         self.finished_seqs = np.take_along_axis(merged_seqs, best[:, :, None], axis=1)
         self.finished_beam_indices = np.take_along_axis(merged_beam_indices, best[:, :, None], axis=1)
         self.finished_scores = np.take_along_axis(merged_scores, best, axis=1)
