@@ -11,7 +11,7 @@ Every engine gets the same token ids and must produce exactly `new_tokens` token
 
 Threads are pinned the same way for every engine (`make_engine`'s spec "threads", T): ONNX Runtime (ortdecode,
 Optimum) T intra-op threads, 1 inter-op thread (sequential execution: the inter-op pool is unused), spin-waiting
-as "spinning" says (ONNX Runtime's default: on; ortdecode by default spins in its step-after-step decoder only);
+as "spinning" says (ONNX Runtime's default: on; ortdecode by default spins during a run and stops when it ends);
 CTranslate2 intra_threads=T, inter_threads=1; PyTorch set_num_threads(T), 1 inter-op thread; and the driver
 starts every engine's process with OMP_NUM_THREADS = MKL_NUM_THREADS = OPENBLAS_NUM_THREADS = T.
 """
@@ -80,8 +80,8 @@ class OrtDecodeEngine:
                  cpu_mem_arena: bool = True, share_weights: bool = False):
         import ortdecode
 
-        # ortdecode's own session options unless a case changes them: its threads' spinning policy (the
-        # step-after-step decoder spins, the once-per-request graphs do not) is part of what is measured.
+        # ortdecode's own session options unless a case changes them: its threads' spinning policy (spinning
+        # during a run, stopped when the run ends) is part of what is measured.
         own = spinning and not session_config and cpu_mem_arena
         options = None if own else ort_session_options(threads, spinning, session_config, cpu_mem_arena)
         self.generator = ortdecode.load(export_dir, provider=provider, decoder_layout=decoder_layout,

@@ -135,7 +135,7 @@ def markdown(result: dict, plot_name: str) -> str:
            f"{' (QUICK smoke run: not a result)' if settings.get('quick') else ''}.", "",
            f"Threads, the same for every engine, each engine in a process of its own: {threads} threads; ONNX Runtime "
            f"(ortdecode, Optimum) intra_op_num_threads={threads}, inter_op 1, spin-waiting "
-           + ("on (ortdecode: in its step-after-step decoder only, its default)" if settings["ort_spinning"] else "off")
+           + ("on (ortdecode: during a run, stopped when it ends, its default)" if settings["ort_spinning"] else "off")
            + f"; CTranslate2 intra_threads={threads}, inter_threads=1; "
            f"PyTorch set_num_threads({threads}); OMP/MKL/OPENBLAS_NUM_THREADS={threads} in every engine's process; "
            f"{settings['settle_s']} s pause before each engine's turn.", "",

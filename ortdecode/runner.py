@@ -154,25 +154,24 @@ class Runner:
         self.shared_weights = SharedWeights([self.folder / manifest.graphs[role].file for role in
                                              graph_roles(self.uses_merged) if role != mf.CACHE_REORDER]) \
             if share_weights else None
-        # Every session owns an intra-op thread pool whose threads spin (busy-wait) for a while after each
-        # run, on the cores the next run of ANOTHER session needs. Only the graph that runs step after step
-        # (the with-past or merged decoder) keeps spinning; the graphs that run once per request (the encoder,
-        # the first-step decoder) and the cache reorder (a memory copy, one thread) do not. Measured on
-        # t5-small, 2 cores (`python -m benchmarks.engine_loop --generate`, before/after in turns): time to first
-        # token 46-52 -> 31-36 ms at batch 1, 170-183 -> 138-148 ms at batch 8; against CTranslate2 in the
-        # harness, x1.34 -> x0.61 at batch 1. `session_options` given: used as-is, for every graph.
+        # Every session owns an intra-op thread pool whose threads spin (busy-wait) between the operators of a
+        # run, and by default for a while after it, on the cores the next run of ANOTHER session needs. So every
+        # session spins during its runs and stops spinning when a run ends (`session.force_spinning_stop`).
+        # Measured on t5-small, 2 cores, against the policy before it (only the step-after-step decoder spins,
+        # the once-per-request graphs never do), in turns (`python -m benchmarks.engine_loop [--generate]`):
+        # time to first token 29-37 -> 20-23 ms at batch 1, 108-141 -> 89-101 ms at batch 8; greedy batch 1
+        # 106-145 -> 127-135 tok/s. `session_options` given: used as-is, for every graph.
         if session_options is None:
-            self.options = self._new_options(threads, spinning=True)
-            self._once_options = self._new_options(threads, spinning=False)
+            self.options = self._new_options(threads)
         else:
-            self.options = self._once_options = session_options
+            self.options = session_options
             if threads is not None:
                 session_options.intra_op_num_threads = threads
             if self.shared_weights is not None:
                 self.shared_weights.apply(session_options)
-        # The reorder is a memory copy: its threads do not spin either. Measured (beam 4, t5-small, 2 cores, one
-        # thread against two in turns): batch 32 reorders took 0.86-0.91 s against 0.57-0.67 s per generation.
-        reorder_options = self._new_options(threads, spinning=False, shared=False)
+        # The reorder (a memory copy) on the same threads. Measured (beam 4, t5-small, 2 cores, one thread
+        # against two, not spinning, in turns): batch 32 reorders took 0.86-0.91 against 0.57-0.67 s per generation.
+        reorder_options = self._new_options(threads, shared=False)
         reorder_options.enable_profiling = self.options.enable_profiling  # a profiled run profiles every graph
         reorder_options.profile_file_prefix = self.options.profile_file_prefix
 
@@ -183,11 +182,11 @@ class Runner:
             self.decoder_merged = self._session(mf.DECODER_MERGED)
             self.decoder_first = self.decoder_with_past = None
         else:
-            self.decoder_first = self._session(mf.DECODER, options=self._once_options)
+            self.decoder_first = self._session(mf.DECODER)
             self.decoder_with_past = self._session(mf.DECODER_WITH_PAST)
             self.decoder_merged = None
-        # Measured before the policy above: a 32-row t5-small step went from 22 to 38 ms on 2 cores when the
-        # reorder had its own spinning pool.
+        # Measured before `force_spinning_stop`: a 32-row t5-small step went from 22 to 38 ms on 2 cores when the
+        # reorder had its own pool spinning after its runs.
         self.cache_reorder = self._session(mf.CACHE_REORDER, options=reorder_options)
         self._no_encoder_output: ort.OrtValue | None = None
         # Rows the CPU caches leave room for (the batch engine sets its max_batch_rows): joins then write the
@@ -208,7 +207,7 @@ class Runner:
         if provider not in ("auto", "cpu", "cuda"):
             raise ValueError(f"`provider` has to be 'auto', 'cpu' or 'cuda', but is {provider!r}")
         if provider == "cpu":
-            return "cpu", self._session(mf.ENCODER, "cpu", self._once_options)
+            return "cpu", self._session(mf.ENCODER, "cpu", self.options)
         if not cuda_available():
             if provider == "cuda":
                 raise ProviderError(
@@ -217,11 +216,11 @@ class Runner:
                     'onnxruntime: pip install "ortdecode[gpu]" (from a checkout: pip install -e ".[gpu]")')
             # A CPU-only install chose this: say it only when asked (`ortdecode -v`, logging at INFO).
             _log.info("CUDA is not available in this onnxruntime build; using the CPU provider")
-            return "cpu", self._session(mf.ENCODER, "cpu", self._once_options)
+            return "cpu", self._session(mf.ENCODER, "cpu", self.options)
         problem = cuda_library_problem()
         if problem is None:
             try:
-                session = self._session(mf.ENCODER, "cuda", self._once_options, fallback=False)
+                session = self._session(mf.ENCODER, "cuda", self.options, fallback=False)
             except ProviderError as exc:  # the provider threw (no device, driver too old, ...)
                 problem = str(exc)
             else:
@@ -231,18 +230,17 @@ class Runner:
         if provider == "cuda":
             raise ProviderError(f"provider 'cuda' requested, but the CUDA execution provider cannot start: {problem}")
         _notice(f"the CUDA execution provider cannot start ({problem}); using the CPU provider")
-        return "cpu", self._session(mf.ENCODER, "cpu", self._once_options)
+        return "cpu", self._session(mf.ENCODER, "cpu", self.options)
 
-    def _new_options(self, threads: int | None, spinning: bool, shared: bool = True) -> ort.SessionOptions:
-        """ortdecode's session options: every graph optimization, only errors logged, the shared weights
-        when asked (`shared`: graphs with weights)."""
+    def _new_options(self, threads: int | None, shared: bool = True) -> ort.SessionOptions:
+        """ortdecode's session options: every graph optimization, only errors logged, threads that stop
+        spinning when a run ends, the shared weights when asked (`shared`: graphs with weights)."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = threads
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         if shared and self.shared_weights is not None:
             self.shared_weights.apply(options)
         return options

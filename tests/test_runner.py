@@ -90,6 +90,22 @@ def test_one_thread_decodes_like_the_default(tiny_v1, generator):
     assert one_thread.generate(TEXTS[:3], max_new_tokens=6).texts == generator.generate(TEXTS[:3], max_new_tokens=6).texts
 
 
+def test_every_graph_spins_only_while_it_runs_unless_the_caller_sets_the_options(tiny_v1):
+    """Threads that spin after a run take the cores the next graph needs (benchmarks/README.md): ortdecode's
+    sessions stop spinning when a run ends; a caller's session options are used as they are."""
+    runner = ortdecode.load(tiny_v1.export, provider="cpu", threads=2).runner
+    sessions = [runner.encoder, runner.decoder_first, runner.decoder_with_past, runner.decoder_merged,
+                runner.cache_reorder]
+    for session in [s for s in sessions if s is not None]:
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+        assert options.intra_op_num_threads == 2
+    own = ort.SessionOptions()
+    runner = ortdecode.load(tiny_v1.export, provider="cpu", session_options=own).runner
+    with pytest.raises(Exception, match="force_spinning_stop"):  # no such entry
+        runner.encoder.get_session_options().get_session_config_entry("session.force_spinning_stop")
+
+
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")
 def test_cuda_provider_without_cuda_is_a_clear_error(tiny_v1):
     with pytest.raises(ProviderError, match="provider 'cuda' requested.*ortdecode\\[gpu\\]"):
