@@ -54,7 +54,8 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores).
     decoder_layout: "auto" (merged decoder when exported, else the split pair), "split" or "merged".
     session_options: an onnxruntime.SessionOptions to use as-is (profiling, custom settings).
-    verify: compare the sha256 of the graphs it loads with the manifest first (about 1 s per GB).
+    verify: compare the sha256 of the graphs it loads with the manifest first (about 1 s per GB; a file that
+        matched before and is unchanged since, by its size, times and inode, is not hashed again: ortdecode.verified).
     allow_unvalidated: load an export whose validation against PyTorch failed or did not finish (refused
     by default), and one never validated without the `UnvalidatedExportWarning`.
     share_weights: hold the weights several graphs share once (see ortdecode.sessions), prepacking off;
@@ -67,7 +68,8 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     manifest = read_manifest(folder)
     _check_validation(folder, manifest, allow_unvalidated)
     if verify:
-        verify_checksums(folder, manifest, roles=graph_roles(uses_merged_decoder(folder, manifest, decoder_layout)))
+        verify_checksums(folder, manifest, roles=graph_roles(uses_merged_decoder(folder, manifest, decoder_layout)),
+                         trust_unchanged=True)
     tokenizer = load_tokenizer(folder, pad_token_id=manifest.pad_token_id)
     defaults = GenerationConfig.from_model_folder(
         folder, decoder_start_token_id=manifest.decoder_start_token_id,

@@ -235,21 +235,41 @@ def sha256_of(path: str | Path, chunk_size: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def verify_checksums(folder: str | Path, manifest: Manifest | None = None, roles: Iterable[str] | None = None) -> None:
-    """Hash the graph files of `roles` (default: all) and their external data; compare with the manifest."""
+def verify_checksums(folder: str | Path, manifest: Manifest | None = None, roles: Iterable[str] | None = None, *,
+                     trust_unchanged: bool = False) -> None:
+    """Hash the graph files of `roles` (default: all) and their external data; compare with the manifest.
+
+    trust_unchanged: a file that matched the same sha256 before and is unchanged since (by its size, times,
+    inode and device: `ortdecode.verified`) is not hashed again; `load` does this, an explicit check not."""
+    from .verified import VerifiedFiles, file_signature
+
     folder = Path(folder)
     manifest = manifest or read_manifest(folder)
+    verified = VerifiedFiles() if trust_unchanged else None
+
+    def matches(path: Path, expected: str) -> bool:
+        if verified is not None and verified.unchanged_since_match(path, expected):
+            return True
+        signature = file_signature(path)
+        if sha256_of(path) != expected:
+            return False
+        if verified is not None:
+            verified.remember(path, expected, signature)
+        return True
+
     bad = []
     for role in (roles if roles is not None else manifest.graphs):
         graph = manifest.graphs[role]
-        if sha256_of(folder / graph.file) != graph.sha256:
+        if not matches(folder / graph.file, graph.sha256):
             bad.append(graph.file)
             continue
         named = external_data_of(folder, graph.file)
         if set(named) != set(graph.external_data):
             raise ModelFolderError(f"{folder}: {graph.file} names external data {sorted(named) or 'none'}, but "
                                    f"{MANIFEST_FILE} lists {sorted(graph.external_data) or 'none'}")
-        bad += [name for name, path in named.items() if sha256_of(path) != graph.external_data[name]]
+        bad += [name for name, path in named.items() if not matches(path, graph.external_data[name])]
+    if verified is not None:
+        verified.save()
     if bad:
         raise ModelFolderError(f"{folder}: sha256 of {', '.join(bad)} does not match {MANIFEST_FILE} "
                                "(a changed, truncated or corrupt file)")

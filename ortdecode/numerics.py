@@ -108,16 +108,20 @@ def first_crossing(weights: np.ndarray, targets: np.ndarray) -> np.ndarray:
     This is the cumulative-sum search of sampling and top-p, done in two levels (sums of 256-wide
     blocks, then one block's cumsum): NumPy's cumsum over a 32k-wide axis costs milliseconds per row."""
     rows, n = weights.shape
-    if n % _BLOCK:
-        weights = np.pad(weights, ((0, 0), (0, _BLOCK - n % _BLOCK)))
-    blocks = weights.reshape(rows, -1, _BLOCK)
-    block_cdf = np.cumsum(blocks.sum(axis=-1, dtype=np.float64), axis=-1)
+    whole = n - n % _BLOCK  # the last n % _BLOCK columns form a shorter block (no padded copy of the rows)
+    block_sums = weights[:, :whole].reshape(rows, -1, _BLOCK).sum(axis=-1, dtype=np.float64)
+    if whole < n:
+        block_sums = np.concatenate([block_sums, weights[:, whole:].sum(axis=-1, dtype=np.float64)[:, None]], axis=1)
+    block_cdf = np.cumsum(block_sums, axis=-1)
     total = block_cdf[:, -1]
     targets = np.minimum(targets, np.nextafter(total, 0))  # some block always crosses
     block = np.argmax(block_cdf > targets[:, None], axis=-1)
     row = np.arange(rows)
     before = np.where(block > 0, block_cdf[row, np.maximum(block - 1, 0)], 0.0)
-    inner = np.cumsum(blocks[row, block], axis=-1, dtype=np.float64)
+    columns = block[:, None] * _BLOCK + np.arange(_BLOCK)  # the crossing block's columns (past n: weight 0)
+    inside = columns < n
+    inner = np.cumsum(np.where(inside, weights[row[:, None], np.where(inside, columns, 0)], 0), axis=-1,
+                      dtype=np.float64)
     # Rounding may put the remainder at or past the block's own sum: clamp inside the block.
     rest = np.minimum(targets - before, np.nextafter(inner[:, -1], 0))
     return block * _BLOCK + np.argmax(inner > rest[:, None], axis=-1)

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import ortdecode
+
+# Files `load` found matching their sha256 are remembered in a folder of the test session's own, not in the
+# user's cache (ortdecode.verified); subprocesses (servers, the CLI) inherit it.
+_VERIFIED_CACHE = tempfile.TemporaryDirectory(prefix="ortdecode-test-cache-")
+os.environ["ORTDECODE_CACHE_DIR"] = _VERIFIED_CACHE.name
 
 PRESETS = ("tiny-v1", "tiny-v1.1", "tiny-asymmetric")
 # Inputs of different lengths for padded batches (the tokenizer knows these words).

@@ -1,7 +1,9 @@
 """Loading an export: what is checked, and the messages when something is wrong."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +66,50 @@ def test_checksums_match_and_tampering_is_found(export_copy):
         handle.write(b"\0")
     with pytest.raises(ModelFolderError, match="sha256 of encoder_model.onnx does not match"):
         ortdecode.verify_checksums(export_copy)
+
+
+def count_hashes(monkeypatch) -> list[str]:
+    from ortdecode import manifest
+
+    hashed, sha256_of = [], manifest.sha256_of
+    monkeypatch.setattr(manifest, "sha256_of", lambda path: hashed.append(Path(path).name) or sha256_of(path))
+    return hashed
+
+
+def test_load_hashes_a_graph_again_only_when_it_changed(export_copy, monkeypatch, tmp_path):
+    """`load` remembers the files that matched (by size, times, inode: ortdecode.verified) and hashes only
+    the ones changed since; an explicit check hashes every file."""
+    monkeypatch.setenv("ORTDECODE_CACHE_DIR", str(tmp_path / "cache"))
+    hashed = count_hashes(monkeypatch)
+    roles = ["encoder", "decoder", "decoder_with_past", "cache_reorder"]
+    files = sorted(ortdecode.read_manifest(export_copy).graphs[role].file for role in roles)
+    ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+    assert sorted(hashed) == files
+    hashed.clear()
+    ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+    assert hashed == []
+    os.utime(export_copy / "encoder_model.onnx")  # touched, same bytes: hashed again, and it matches
+    ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+    assert hashed == ["encoder_model.onnx"]
+    hashed.clear()
+    ortdecode.verify_checksums(export_copy)
+    assert sorted(hashed) == sorted(g.file for g in ortdecode.read_manifest(export_copy).graphs.values())
+    garble(export_copy / "decoder_model.onnx")  # same size, other bytes
+    with pytest.raises(ModelFolderError, match="sha256 of decoder_model.onnx does not match"):
+        ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+    # A manifest whose sha256 changed is not vouched for by a match with the old one.
+    edit_manifest(export_copy, lambda d: d["graphs"]["encoder"].update(sha256="0" * 64))
+    with pytest.raises(ModelFolderError, match="sha256 of encoder_model.onnx, decoder_model.onnx does not match"):
+        ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+
+
+def test_load_works_when_the_record_of_verified_files_cannot_be_written(export_copy, monkeypatch, tmp_path):
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("ORTDECODE_CACHE_DIR", str(tmp_path / "not-a-folder"))
+    hashed = count_hashes(monkeypatch)
+    for _ in range(2):
+        ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
+    assert len(hashed) == 8  # hashed both times, nothing failed
 
 
 def test_manifest_round_trips(tiny_v1):

@@ -25,6 +25,15 @@ def test_first_crossing_matches_a_plain_cumulative_sum():
     assert (weights[np.arange(6), first_crossing(weights, targets)] > 0).all()
 
 
+@pytest.mark.parametrize("n", [1000, 1024, 32128])
+def test_first_crossing_finds_crossings_in_the_last_shorter_block(n):
+    weights = np.zeros((3, n), dtype=np.float32)
+    weights[:, -3:] = [1.0, 2.0, 4.0]  # all the mass in the last columns
+    weights[2, 0] = 1.0
+    targets = np.array([0.5, 2.5, 2.5])
+    np.testing.assert_array_equal(first_crossing(weights, targets), [n - 3, n - 2, n - 2])
+
+
 def test_first_crossing_clamps_to_the_last_positive_weight():
     weights = np.array([[0.0, 2.0, 1.0, 0.0, 0.0]], dtype=np.float32)
     assert first_crossing(weights, np.array([10.0]))[0] == 2

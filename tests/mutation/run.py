@@ -45,7 +45,8 @@ class _MutatedCopy:
 
 sys.meta_path.insert(0, _MutatedCopy)
 """
-MODULES = ["search.py", "processors.py", "stopping.py", "runner.py", "generator.py", "engine.py"]
+MODULES = ["search.py", "processors.py", "stopping.py", "runner.py", "generator.py", "engine.py", "numerics.py",
+           "verified.py"]
 # The fast subset per module, most discriminating first (-x stops at the first failure).
 SUBSETS = {
     # test_engine compares the engine with itself (joined vs alone): parity against transformers comes next.
@@ -62,6 +63,8 @@ SUBSETS = {
     # test_engine: joins in place (the batch engine gives the runner room for newcomers; generate() does not)
     "runner.py": ["tests/test_runner.py", "tests/test_engine.py",
                   "tests/test_parity.py::test_per_step_logits_match_pytorch", "tests/test_generator.py"],
+    "numerics.py": ["tests/test_numerics.py", "tests/test_search.py", "tests/test_processors.py"],
+    "verified.py": ["tests/test_manifest.py"],
     "generator.py": ["tests/test_generator.py", "tests/test_beam_endings.py", "tests/test_stopping.py",
                      "tests/test_load.py", "tests/test_cli.py::test_score_prints_transformers_log_probs",
                      "tests/test_bad_requests.py", "tests/test_validate.py"],
