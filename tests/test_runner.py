@@ -3,6 +3,8 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ortdecode
 from ortdecode.errors import ModelFolderError, ProviderError
@@ -208,3 +210,43 @@ def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, la
         assert reorders == 0
     else:  # the first step's caches widened to the beams (self + cross), then one reorder per later step
         assert reorders >= 2 + 3, counts
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=64), multiple=st.sampled_from([1, 16]))
+def test_length_groups_partition_the_rows_and_cost_less_than_one_call(lengths, multiple):
+    from ortdecode.runner import _ENCODER_CALL_COST, length_groups
+
+    lengths = np.array(lengths)
+    one_call = len(lengths) * int(-(-max(lengths.max(), 1) // multiple) * multiple) + _ENCODER_CALL_COST
+    groups = length_groups(lengths, multiple)
+    if groups is None:
+        return
+    rows = np.concatenate([r for r, _ in groups])
+    assert sorted(rows.tolist()) == list(range(len(lengths))) and len(groups) > 1
+    for group_rows, width in groups:
+        assert (lengths[group_rows] <= width).all() and width % multiple == 0 and width >= 1
+    assert sum(len(r) * width + _ENCODER_CALL_COST for r, width in groups) < one_call
+
+
+def test_inputs_of_very_different_lengths_are_encoded_in_groups_and_decode_as_alone(generator, monkeypatch):
+    """The encoder runs once per group of similar lengths (padding not computed), and every input's encoder
+    output, logits and generated tokens are those it gets alone."""
+    texts = [TEXTS[0], TEXTS[4] * 3, TEXTS[3], TEXTS[2] * 3, TEXTS[5], TEXTS[4] * 3, TEXTS[0], TEXTS[7]]
+    runner = generator.runner
+    ids, mask = encode(generator, texts)
+    widths, run = [], runner._run_encoder
+    monkeypatch.setattr(runner, "_run_encoder", lambda i, m: widths.append(i.shape) or run(i, m))
+    state = runner.encode(ids, mask)
+    assert len(widths) > 1 and all(w[1] <= ids.shape[1] for w in widths) and min(w[1] for w in widths) < ids.shape[1]
+    assert sum(w[0] for w in widths) == len(texts)
+    hidden = state.encoder_hidden.numpy()
+    for row, text in enumerate(texts):
+        alone_ids, alone_mask = encode(generator, [text])
+        alone = runner.encode(alone_ids, alone_mask).encoder_hidden.numpy()[0]
+        length = alone_ids.shape[1]
+        np.testing.assert_allclose(hidden[row, :length], alone, atol=1e-5)
+    batch = generator.generate(texts, max_new_tokens=8, num_beams=2)
+    for row, text in enumerate(texts):
+        alone = generator.generate(text, max_new_tokens=8, num_beams=2)
+        np.testing.assert_array_equal(batch.sequences[row][:alone.sequences.shape[1]], alone.sequences[0])
