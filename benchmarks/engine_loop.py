@@ -9,8 +9,9 @@ decoder steps of the running rows, newcomers' encoder + first step, the batch re
     python -m benchmarks.engine_loop --model benchmarks/work/t5-small-fp32 [--concurrency 16] [--requests 64]
         [--static] [--generate] [--code DIR]
 
-`--generate` measures plain `generate()` instead: time to first token (a 1-token generation, best of 3) and
-greedy tokens/s (64 new tokens, best of 3) at batch 1 and 8, inputs of 40 random tokens.
+`--generate` measures plain `generate()` instead, best of 3 each: time to first token (a 1-token generation) and
+greedy tokens/s (64 new tokens) at batch 1 and 8, inputs of 40 random tokens; beam 4 tokens/s at batch 8 and 32;
+and a batch of 32 inputs of real-text-like lengths (5 to 200 tokens): time to first token and greedy tokens/s.
 
 `--code DIR` imports `ortdecode` from DIR instead (a `git worktree` of another revision), to compare two
 revisions on the same machine in one sitting; run both in turns, the machine is noisy.
@@ -105,20 +106,35 @@ def main(argv=None) -> None:
 def _plain_generate(generator, rng) -> None:
     vocab = generator.manifest.vocab_size
     texts = [generator.tokenizer.decode(rng.integers(3, vocab, size=40).tolist(), skip_special_tokens=True)
-             for _ in range(8)]
+             for _ in range(32)]
     generator.generate(texts[:2], max_new_tokens=4)  # warm-up
-    parts = []
-    for batch in (1, 8):
-        first, whole = [], []
+
+    def best_of_3(**kwargs) -> float:
+        times = []
         for _ in range(3):
             started = time.perf_counter()
-            generator.generate(texts[:batch], max_new_tokens=1, min_new_tokens=1)
-            first.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            generator.generate(texts[:batch], max_new_tokens=64, min_new_tokens=64)
-            whole.append(time.perf_counter() - started)
-        parts.append(f"batch {batch}: time to first token {min(first) * 1000:.1f} ms, "
-                     f"{batch * 64 / min(whole):.0f} tok/s")
+            generator.generate(**kwargs)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    parts = []
+    for batch in (1, 8):
+        first = best_of_3(texts=texts[:batch], max_new_tokens=1, min_new_tokens=1)
+        whole = best_of_3(texts=texts[:batch], max_new_tokens=64, min_new_tokens=64)
+        parts.append(f"batch {batch}: time to first token {first * 1000:.1f} ms, {batch * 64 / whole:.0f} tok/s")
+    for batch in (8, 32):
+        whole = best_of_3(texts=texts[:batch], max_new_tokens=64, min_new_tokens=64, num_beams=4)
+        parts.append(f"beam 4, batch {batch}: {batch * 64 / whole:.0f} tok/s")
+    # 32 inputs of real-text-like lengths (log-normal, median 40 tokens, 5 to 200: the harness's mixed batch)
+    lengths = np.clip(np.round(rng.lognormal(np.log(40), 0.8, size=32)), 5, 200).astype(int)
+    ids = np.zeros((32, lengths.max()), np.int64)
+    mask = np.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = np.append(rng.integers(3, vocab, size=length - 1), 1)
+        mask[row, :length] = 1
+    first = best_of_3(input_ids=ids, attention_mask=mask, max_new_tokens=1, min_new_tokens=1)
+    whole = best_of_3(input_ids=ids, attention_mask=mask, max_new_tokens=64, min_new_tokens=64)
+    parts.append(f"mixed lengths, batch 32: time to first token {first * 1000:.1f} ms, {32 * 64 / whole:.0f} tok/s")
     print("; ".join(parts))
 
 
