@@ -104,6 +104,8 @@ def main(argv=None) -> None:
 
 
 def _plain_generate(generator, rng) -> None:
+    import numpy as np
+
     vocab = generator.manifest.vocab_size
     texts = [generator.tokenizer.decode(rng.integers(3, vocab, size=40).tolist(), skip_special_tokens=True)
              for _ in range(32)]
