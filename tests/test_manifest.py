@@ -294,3 +294,16 @@ def test_an_unvalidated_export_loads_with_one_warning(export_copy, recwarn):
     assert len(unvalidated) == 1 and "never compared with PyTorch" in str(unvalidated[0].message)
     ortdecode.load(export_copy, allow_unvalidated=True)
     assert len([w for w in recwarn if issubclass(w.category, ortdecode.UnvalidatedExportWarning)]) == 1
+
+
+def test_the_record_of_verified_files_lives_in_the_users_cache_folder(monkeypatch, tmp_path):
+    from ortdecode.verified import RECORD_FILE, VerifiedFiles, cache_dir
+
+    monkeypatch.setenv("ORTDECODE_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("ORTDECODE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert VerifiedFiles().path == tmp_path / "xdg" / "ortdecode" / RECORD_FILE
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "ortdecode"
