@@ -51,8 +51,11 @@ def check_model_sha256(model: str | Path | None, sha256: str) -> None:
 
 
 def _actor_cpus() -> int:
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise ImportError('ortdecode.ray_data.Generate runs in Ray actors and needs the ray extra: pip install '
+                          '"ortdecode[ray]" (or pass `threads`)') from None
     return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
 
 
