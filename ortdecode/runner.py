@@ -207,7 +207,7 @@ class Runner:
         if provider not in ("auto", "cpu", "cuda"):
             raise ValueError(f"`provider` has to be 'auto', 'cpu' or 'cuda', but is {provider!r}")
         if provider == "cpu":
-            return "cpu", self._session(mf.ENCODER, "cpu", self.options)
+            return "cpu", self._session(mf.ENCODER, "cpu")
         if not cuda_available():
             if provider == "cuda":
                 raise ProviderError(
@@ -216,11 +216,11 @@ class Runner:
                     'onnxruntime: pip install "ortdecode[gpu]" (from a checkout: pip install -e ".[gpu]")')
             # A CPU-only install chose this: say it only when asked (`ortdecode -v`, logging at INFO).
             _log.info("CUDA is not available in this onnxruntime build; using the CPU provider")
-            return "cpu", self._session(mf.ENCODER, "cpu", self.options)
+            return "cpu", self._session(mf.ENCODER, "cpu")
         problem = cuda_library_problem()
         if problem is None:
             try:
-                session = self._session(mf.ENCODER, "cuda", self.options, fallback=False)
+                session = self._session(mf.ENCODER, "cuda", fallback=False)
             except ProviderError as exc:  # the provider threw (no device, driver too old, ...)
                 problem = str(exc)
             else:
@@ -230,7 +230,7 @@ class Runner:
         if provider == "cuda":
             raise ProviderError(f"provider 'cuda' requested, but the CUDA execution provider cannot start: {problem}")
         _notice(f"the CUDA execution provider cannot start ({problem}); using the CPU provider")
-        return "cpu", self._session(mf.ENCODER, "cpu", self.options)
+        return "cpu", self._session(mf.ENCODER, "cpu")
 
     def _new_options(self, threads: int | None, shared: bool = True) -> ort.SessionOptions:
         """ortdecode's session options: every graph optimization, only errors logged, threads that stop
@@ -589,8 +589,9 @@ def length_groups(lengths: np.ndarray, multiple: int = 1,
     best, best_cuts = cost([]), []
     for parts in range(2, max_groups + 1):
         cuts = sorted({round(count * i / parts) for i in range(1, parts)} - {0, count})
-        if cost(cuts) < best:
-            best, best_cuts = cost(cuts), cuts
+        total = cost(cuts)
+        if total < best:
+            best, best_cuts = total, cuts
     if not best_cuts:
         return None
     bounds = [0, *best_cuts, count]
