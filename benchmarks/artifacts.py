@@ -10,6 +10,7 @@ and CTranslate2 conversions (float32, int8).
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,11 +60,14 @@ def checkpoint_for(name: str) -> tuple[Path, str]:
 def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     from ortdecode_export import export_model
 
+    from ortdecode_export.pipeline import default_layout
+
     path = WORK / f"{name}-{variant}"
-    if _done(path):
-        return path
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
                "cuda-fp16": {"target": "cuda", "fp16": True}, "merged": {"layout": "merged"}}[variant]
+    layout = options.get("layout") or default_layout(options.get("target", "cpu"))
+    if _done(path) and json.loads((path / "ortdecode.json").read_text())["export_options"]["layout"] == layout:
+        return path  # made before with today's options (an export of an older default layout is made again)
     export_model(str(checkpoint), path, force=True, progress=False, **options)
     return _mark(path)
 
@@ -102,7 +106,5 @@ def prepare(name: str, variants: list[str], ct2_quantizations: list[str]) -> Mod
             break
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     artifacts.vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    import json
-
     artifacts.vocab_size = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
     return artifacts

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import artifacts, measure
-from .run import RESULTS, EngineProcess, _rotated, engine_specs, make_sources, spread, versions
+from .run import RESULTS, EngineProcess, _rotated, engine_specs, loaded_files, make_sources, spread, versions
 
 NO_PREPACK = {"session.disable_prepacking": "1"}
 
@@ -28,28 +28,30 @@ NO_PREPACK = {"session.disable_prepacking": "1"}
 def variants(art: artifacts.ModelArtifacts, merged: Path | None, threads: int,
              extra: dict[str, Path] | None = None) -> dict[str, tuple[dict, list[Path]]]:
     """label -> (worker engine spec, files loaded). The levers, each alone and combined."""
+    from ortdecode.manifest import read_manifest
+
     base = engine_specs(art, "cpu", threads, ["ortdecode", "ctranslate2"], spinning=True)
     out = {}
     for label, (spec, files) in base.items():
         if not label.startswith("ortdecode"):
             continue
-        out[f"{label}, split (default)"] = (spec, files)
-        out[f"{label}, split, shared weights"] = ({**spec, "share_weights": True}, files)
+        layout = read_manifest(spec["path"]).decoder_layouts[0]
+        out[f"{label}, {layout} (default)"] = (spec, files)
+        if layout != "with-past":  # its weights live outside the graph files: nothing for share_weights to map
+            out[f"{label}, {layout}, shared weights"] = ({**spec, "share_weights": True}, files)
         if label == "ortdecode":
-            out[f"{label}, split, prepacking off"] = ({**spec, "session_config": NO_PREPACK}, files)
-            out[f"{label}, split, arena off"] = ({**spec, "cpu_mem_arena": False}, files)
+            out[f"{label}, {layout}, prepacking off"] = ({**spec, "session_config": NO_PREPACK}, files)
+            out[f"{label}, {layout}, arena off"] = ({**spec, "cpu_mem_arena": False}, files)
     if merged is not None:
         spec, _ = base["ortdecode"]
-        files = [merged / f for f in ("encoder_model.onnx", "decoder_model_merged.onnx", "cache_reorder.onnx")]
         merged_spec = {**spec, "path": str(merged), "decoder_layout": "merged"}
+        files = loaded_files(merged, "merged")
         out["ortdecode, merged"] = (merged_spec, files)
         out["ortdecode, merged, prepacking off"] = ({**merged_spec, "session_config": NO_PREPACK}, files)
         out["ortdecode, merged, shared weights"] = ({**merged_spec, "share_weights": True}, files)
     for name, folder in (extra or {}).items():
         spec, _ = base["ortdecode"]
-        files = [folder / f for f in ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx",
-                                      "cache_reorder.onnx")]
-        out[f"ortdecode, {name}, shared weights"] = ({**spec, "path": str(folder), "share_weights": True}, files)
+        out[f"ortdecode, {name}"] = ({**spec, "path": str(folder)}, loaded_files(folder))
     out.update({label: value for label, value in base.items() if label.startswith("CTranslate2")})
     return out
 
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
     parser.add_argument("--speed", nargs="*", type=int, default=[],
                         help="also time greedy steps (32 new tokens) at these batch sizes, per variant and round")
     parser.add_argument("--export", nargs="*", default=[], type=str,
-                        help="NAME=FOLDER: also measure this split export folder, with shared weights")
+                        help="NAME=FOLDER: also measure this export folder (the layout `auto` picks)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a variant's process may take")
     parser.add_argument("--tag", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -99,23 +99,28 @@ def make_mixed_sources(seed: int, batch: int, vocab_size: int) -> list[np.ndarra
 
 
 # ---------------------------------------------------------------- engines in processes of their own
+def loaded_files(path: Path, decoder_layout: str = "auto") -> list[Path]:
+    """The graph and external-data files ortdecode loads from an export folder."""
+    from ortdecode import manifest as mf
+    from ortdecode.runner import graph_roles, resolve_decoder_layout
+
+    manifest = mf.read_manifest(path)
+    files = []
+    for role in graph_roles(resolve_decoder_layout(path, manifest, decoder_layout)):
+        files.append(path / manifest.graphs[role].file)
+        files += mf.external_data_of(path, manifest.graphs[role].file).values()
+    return files
+
+
 def engine_specs(art: artifacts.ModelArtifacts, device: str, threads: int, names: list[str],
                  spinning: bool) -> dict[str, tuple[dict, list[Path]]]:
     """label -> (the worker's engine spec, the model files that engine loads)."""
-    from ortdecode import manifest as mf
-    from ortdecode.runner import graph_roles, uses_merged_decoder
-
     common = {"device": device, "threads": threads, "spinning": spinning}
     specs = {}
     if "ortdecode" in names:
         for variant, path in art.exports.items():
             label = "ortdecode" if variant == "fp32" else f"ortdecode {variant}"
-            manifest = mf.read_manifest(path)
-            files = []
-            for role in graph_roles(uses_merged_decoder(path, manifest, "auto")):
-                files.append(path / manifest.graphs[role].file)
-                files += mf.external_data_of(path, manifest.graphs[role].file).values()
-            specs[label] = ({"kind": "ortdecode", "path": str(path), "label": label, **common}, files)
+            specs[label] = ({"kind": "ortdecode", "path": str(path), "label": label, **common}, loaded_files(path))
     if "transformers" in names:
         specs["transformers"] = ({"kind": "transformers", "path": str(art.checkpoint), **common},
                                  sorted(art.checkpoint.glob("*.safetensors")) or sorted(art.checkpoint.glob("*.bin")))

@@ -79,19 +79,42 @@ def _quiet_libraries():
             logger.setLevel(level)
 
 
+LAYOUTS = ("with-past", "split", "merged", "both", "all")
+
+
+def default_layout(target: str) -> str:
+    """with-past on CPU (the least memory); split for CUDA, whose fusions rewrite the decoder pair."""
+    return "split" if target == "cuda" else "with-past"
+
+
+def layout_roles(layout: str) -> list[str]:
+    """The graphs an export of `layout` holds (the cache-reorder graph besides)."""
+    roles = [mf.ENCODER]
+    roles += [mf.DECODER] if layout in ("split", "both", "all") else []
+    roles += [mf.DECODER_WITH_PAST] if layout != "merged" else []
+    roles += [mf.DECODER_MERGED] if layout in ("merged", "both", "all") else []
+    return roles
+
+
+def encoder_computes_cross_cache(layout: str) -> bool:
+    return layout in ("with-past", "all")
+
+
 def _check_options(target: str, fp16: bool, quantize: str | None, layout: str) -> None:
     if target not in ("cpu", "cuda"):
         raise ValueError(f"`target` has to be 'cpu' or 'cuda', but is {target!r}")
-    if layout not in ("split", "merged", "both"):
-        raise ValueError(f"`layout` has to be 'split', 'merged' or 'both', but is {layout!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"`layout` has to be one of {', '.join(map(repr, LAYOUTS))}, but is {layout!r}")
     if quantize not in (None, "int8"):
         raise ValueError(f"`quantize` has to be None or 'int8', but is {quantize!r}")
     if fp16 and target != "cuda":
         raise ValueError("--fp16 needs --target cuda (float16 T5 is for GPUs; on CPU use --quantize int8)")
     if quantize and target != "cpu":
         raise ValueError("--quantize int8 is for CPU exports; it cannot be combined with --target cuda")
-    if layout != "split" and (quantize or target == "cuda"):
-        raise ValueError("--quantize and --target cuda rewrite the split decoder graphs: use --layout split")
+    if target == "cuda" and layout != "split":
+        raise ValueError("--target cuda rewrites the split decoder graphs: use --layout split")
+    if quantize and layout not in ("split", "with-past"):
+        raise ValueError("--quantize int8 rewrites the split or with-past graphs: use --layout with-past or split")
 
 
 def _recorded_source(model: str) -> str:
@@ -149,7 +172,7 @@ def _layer_names(num_layers: int) -> tuple[mf.LayerCacheNames, ...]:
 
 
 def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: bool = False,
-                 quantize: str | None = None, layout: str = "split", opset: int | None = None,
+                 quantize: str | None = None, layout: str | None = None, opset: int | None = None,
                  atol: float | None = None, validate: bool = True, force: bool = False,
                  progress: bool = True, decoder_mask: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
@@ -160,17 +183,23 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
     int8 exports are measured, not judged, unless `atol` is given. A failed validation raises
     `ExportError` and leaves the export in OUT_DIR with `validation.passed = false` (`load` refuses it).
     A folder written by Optimum (`optimum-cli export onnx`) is adopted as it is (`adopt_optimum_export`).
+    layout: "with-past" (the default on CPU: the encoder also computes the cross-attention cache, one with-past
+    decoder graph serves every step, weights in external data files), "split" (the default for CUDA: first-step
+    and with-past decoders), "merged" (Optimum's merged decoder), "both" (split and merged) or "all" (every
+    graph, the encoder computing the cross cache, weights inside the graphs: for comparing layouts).
     decoder_mask: give the decoder graphs a decoder attention mask (continuous batching needs it)."""
     from .adopt import adopt_optimum_export, is_optimum_export
 
-    _check_options(target, fp16, quantize, layout)
     out_dir = Path(out_dir)
     model = str(model)
     if is_optimum_export(model):
-        if (target, fp16, quantize, layout, opset, atol) != ("cpu", False, None, "split", None, None):
+        _check_options(target, fp16, quantize, layout or "split")
+        if (target, fp16, quantize, layout, opset, atol) != ("cpu", False, None, None, None, None):
             raise ValueError(f"MODEL {model} is an Optimum export: it is adopted as it is (no --target, --dtype, "
                              "--quantize, --layout, --opset or --atol); see `ortdecode adopt`")
         return adopt_optimum_export(model, out_dir, force=force, progress=progress)
+    layout = layout or default_layout(target)
+    _check_options(target, fp16, quantize, layout)
     dtype = "float16" if fp16 else "float32"
     if validate and target == "cuda":
         _check_cuda_validation_possible()
@@ -180,6 +209,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
         with _quiet_libraries():
             config, tokenizer = _load_checkpoint(model)
         steps = ["export graphs with Optimum"]
+        steps += ["compute the cross-attention cache in the encoder"] if encoder_computes_cross_cache(layout) else []
         steps += ["fuse for CUDA"] if target == "cuda" else []
         steps += ["quantize int8"] if quantize else []
         steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
@@ -193,8 +223,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                 if bar.n < len(steps):
                     bar.set_postfix_str(steps[bar.n])
 
-            roles = [mf.ENCODER] + ([mf.DECODER, mf.DECODER_WITH_PAST] if layout in ("split", "both") else [])
-            roles += [mf.DECODER_MERGED] if layout in ("merged", "both") else []
+            roles = layout_roles(layout)
+            layers = _layer_names(config.num_decoder_layers or config.num_layers)
             with tempfile.TemporaryDirectory(prefix=".optimum-", dir=staging) as work:
                 work = Path(work)
                 from optimum.exporters.onnx import main_export
@@ -205,6 +235,16 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                             do_validation=False, no_post_process=mf.DECODER_MERGED not in roles, device="cpu",
                             custom_onnx_configs=decoder_mask_onnx_configs(config) if decoder_mask else None)
                 advance()
+                if encoder_computes_cross_cache(layout):
+                    from .cross_cache import CrossCacheError, add_cross_cache_outputs
+
+                    try:
+                        add_cross_cache_outputs(work / OPTIMUM_FILES[mf.ENCODER], work / OPTIMUM_FILES[mf.DECODER],
+                                                list(layers), num_heads=config.num_heads, d_kv=config.d_kv)
+                    except CrossCacheError as exc:
+                        raise ExportError(f"MODEL {model!r}: --layout {layout} cannot compute the cross-attention "
+                                          f"cache in the encoder: {exc}; use --layout split") from None
+                    advance()
                 for role in roles:
                     source, final = work / OPTIMUM_FILES[role], staging / OPTIMUM_FILES[role]
                     if not source.exists():
@@ -222,6 +262,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         shutil.move(str(source), str(final))
                     for extra in work.glob(OPTIMUM_FILES[role] + "_data"):  # external weights of > 2 GB graphs
                         shutil.move(str(extra), str(staging / extra.name))
+                    if layout == "with-past":  # "all" keeps them inside: it is for comparing layouts
+                        from .cross_cache import store_weights_externally
+
+                        store_weights_externally(final)
                 if target == "cuda":
                     advance()
                 if quantize:

@@ -68,9 +68,7 @@ def check_model_folder(folder: str | Path, provider: str = "cpu") -> list[CheckR
             " match their sha256"
 
     attempt("sha256", hashes)
-    layouts = [name for name, present in (("split", manifest.has_split_decoder),
-                                          ("merged", manifest.has_merged_decoder)) if present]
-    for layout in layouts:
+    for layout in manifest.decoder_layouts:
         generator = None
 
         def load_layout():

@@ -37,8 +37,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--allow-unvalidated", action="store_true",
                         help="load an export whose validation against PyTorch failed or did not finish")
-    parser.add_argument("--decoder-layout", choices=("auto", "split", "merged"), default="auto",
-                        help="decoder graphs to load: auto = merged when exported, else the split pair")
+    parser.add_argument("--decoder-layout", choices=("auto", "with-past", "merged", "split"), default="auto",
+                        help="decoder graphs to load: auto = the first the export holds, in this order")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="say on stderr which provider runs and when the model is loaded")
 
@@ -125,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fp16: float16 graphs for CUDA (implies --target cuda), logits still float32")
     export.add_argument("--fp16", action="store_true", help="the same as --dtype fp16")
     export.add_argument("--quantize", choices=("int8",), help="dynamic int8 quantization of the weights (CPU)")
-    export.add_argument("--layout", choices=("split", "merged", "both"), default="split",
-                        help="decoder graphs: split = first-step + with-past pair, merged = one graph")
+    export.add_argument("--layout", choices=("with-past", "split", "merged", "both", "all"),
+                        help="decoder graphs: with-past = the encoder computes the cross-attention cache, one "
+                             "with-past decoder for every step, weights in external data (default on CPU); split = "
+                             "first-step + with-past pair (default for CUDA); merged = Optimum's merged graph; "
+                             "both = split + merged; all = every graph")
     export.add_argument("--opset", type=int)
     export.add_argument("--atol", type=float, help="accept max |logits - PyTorch float32 logits| <= ATOL instead of "
                                                    "the float64 parity rule")
@@ -236,7 +239,7 @@ def _load(args):
     generator = load(args.model, provider=args.provider, threads=args.threads, decoder_layout=args.decoder_layout,
                      allow_unvalidated=args.allow_unvalidated)
     if args.verbose:
-        layout = "merged" if generator.runner.uses_merged else "split"
+        layout = generator.runner.layout
         print(f"ortdecode: loaded {generator.folder} ({layout} decoder) on {generator.provider} in "
               f"{time.perf_counter() - started:.2f} s", file=sys.stderr, flush=True)
     return generator

@@ -25,7 +25,7 @@ from .manifest import Manifest, read_manifest, validation_problem, verify_checks
 from .numerics import check_scores, log_softmax
 from .processors import LogitsProcessor
 from .results import GenerationResult, ScoreResult
-from .runner import Runner, graph_roles, uses_merged_decoder
+from .runner import Runner, graph_roles, resolve_decoder_layout
 from .stopping import INTERRUPTED
 from .tokenizer import ByteTokenizer, TextTokenizer, load_tokenizer
 
@@ -52,7 +52,9 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
 
     provider: "auto" (CUDA when onnxruntime-gpu sees a GPU, else CPU), "cpu" or "cuda".
     threads: ONNX Runtime intra-op threads (default: ONNX Runtime's choice, the physical cores).
-    decoder_layout: "auto" (merged decoder when exported, else the split pair), "split" or "merged".
+    decoder_layout: "auto" (the first the export holds of: "with-past", "merged", "split"), or one of those:
+        with-past = the encoder computes the cross-attention cache and one with-past decoder serves every step
+        (the least memory), merged = Optimum's merged decoder, split = first-step and with-past decoders.
     session_options: an onnxruntime.SessionOptions to use as-is (profiling, custom settings).
     verify: compare the sha256 of the graphs it loads with the manifest first (about 1 s per GB; a file that
         matched before and is unchanged since, by its size, times and inode, is not hashed again: ortdecode.verified).
@@ -68,7 +70,7 @@ def load(path: str | Path | None = None, provider: str = "auto", *, threads: int
     manifest = read_manifest(folder)
     _check_validation(folder, manifest, allow_unvalidated)
     if verify:
-        verify_checksums(folder, manifest, roles=graph_roles(uses_merged_decoder(folder, manifest, decoder_layout)),
+        verify_checksums(folder, manifest, roles=graph_roles(resolve_decoder_layout(folder, manifest, decoder_layout)),
                          trust_unchanged=True)
     tokenizer = load_tokenizer(folder, pad_token_id=manifest.pad_token_id)
     defaults = GenerationConfig.from_model_folder(

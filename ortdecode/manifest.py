@@ -22,8 +22,9 @@ MANIFEST_FILE = "ortdecode.json"
 FORMAT = "ortdecode-export"
 FORMAT_VERSION = 1
 
-# Graph roles. An export holds the encoder, the cache-reorder graph, and either the pair
-# (decoder, decoder_with_past) or the merged decoder (or all three).
+# Graph roles. An export holds the encoder, the cache-reorder graph, and one or more decoder layouts: the
+# pair (decoder, decoder_with_past), the merged decoder, or decoder_with_past alone when the encoder also
+# outputs the cross-attention cache (the with-past layout).
 ENCODER = "encoder"
 DECODER = "decoder"  # first step: no past, takes the encoder output, returns self + cross KV
 DECODER_WITH_PAST = "decoder_with_past"  # later steps: takes the KV cache, returns the new self KV
@@ -113,6 +114,25 @@ class Manifest:
         return DECODER_MERGED in self.graphs
 
     @property
+    def encoder_computes_cross_cache(self) -> bool:
+        """Whether the encoder graph also outputs every layer's cross-attention key and value."""
+        outputs = set(self.graphs[ENCODER].outputs) if ENCODER in self.graphs else set()
+        return all(name in outputs for layer in self.layers for name in (layer.present_cross_key,
+                                                                         layer.present_cross_value))
+
+    @property
+    def has_with_past_decoder(self) -> bool:
+        """The with-past layout: the with-past decoder serves every step, the encoder computes the cross cache."""
+        return DECODER_WITH_PAST in self.graphs and self.encoder_computes_cross_cache
+
+    @property
+    def decoder_layouts(self) -> list[str]:
+        """The decoder layouts this export can be loaded with, the least memory first."""
+        return [name for name, present in (("with-past", self.has_with_past_decoder),
+                                           ("merged", self.has_merged_decoder),
+                                           ("split", self.has_split_decoder)) if present]
+
+    @property
     def cache_names(self) -> set[str]:
         """Every graph name of a KV tensor (shaped [rows, num_heads, length, d_kv])."""
         return {name for layer in self.layers for name in dataclasses.astuple(layer)}
@@ -165,10 +185,11 @@ def read_manifest(folder: str | Path) -> Manifest:
         raise ModelFolderError(f"{path} is incomplete or malformed: {exc}") from None
     if ENCODER not in manifest.graphs or CACHE_REORDER not in manifest.graphs:
         raise ModelFolderError(f"{path} lists no {ENCODER!r} or {CACHE_REORDER!r} graph")
-    if not (manifest.has_split_decoder or manifest.has_merged_decoder):
-        raise ModelFolderError(
-            f"{path} lists neither the decoder pair ({DECODER}, {DECODER_WITH_PAST}) nor {DECODER_MERGED!r}")
     _check_shape_fields(path, manifest)
+    if not manifest.decoder_layouts:
+        raise ModelFolderError(
+            f"{path} lists neither the decoder pair ({DECODER}, {DECODER_WITH_PAST}), nor {DECODER_MERGED!r}, nor "
+            f"{DECODER_WITH_PAST!r} with an encoder that outputs the cross-attention cache")
     for role, graph in manifest.graphs.items():
         file_in_folder(folder, graph.file, f"graph file of {role!r} in {MANIFEST_FILE}")
         for name in graph.external_data:

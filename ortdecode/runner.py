@@ -11,7 +11,8 @@ plus ``teacher_forced_logits`` for scoring without generation.
 
 Every decoder step uses IO binding. The KV cache lives in `OrtValue`s on the execution provider's
 device (the GPU on CUDA) and is fed back from step to step without leaving it; the cross-attention
-KV is computed by the first step and bound as-is afterwards; only the logits [rows, vocab] are copied
+KV is computed once per input (by the encoder in the with-past layout, else by the first decoder step) and
+bound as-is afterwards; only the logits [rows, vocab] are copied
 to the host. Beam reordering runs a Gather graph on the same device. On CPU the `OrtValue`s are host
 memory and the logits come back as a zero-copy NumPy view. Rows that joined at different steps share a
 batch through the decoder attention mask (left-padded self cache), when the export has one.
@@ -38,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import manifest as mf
 from .errors import ModelFolderError, OrtDecodeNotice, ProviderError
-from .sessions import SharedWeights
+from .sessions import SharedWeights, advise_sparse_reads
 
 _FLOAT_TYPES = {"float32": np.float32, "float16": np.float16}
 _log = logging.getLogger("ortdecode")
@@ -75,23 +76,32 @@ def cuda_library_problem() -> str | None:
     return None
 
 
-def uses_merged_decoder(folder: str | Path, manifest: mf.Manifest, decoder_layout: str) -> bool:
-    """Which decoder graphs to load: the merged one, or the split pair."""
-    if decoder_layout not in ("auto", "split", "merged"):
-        raise ValueError(f"`decoder_layout` has to be 'auto', 'split' or 'merged', but is {decoder_layout!r}")
-    if decoder_layout == "split" and not manifest.has_split_decoder:
-        raise ModelFolderError(f"{folder}: decoder_layout='split' but the export has no {mf.DECODER_WITH_PAST} graph")
-    if decoder_layout == "merged" and not manifest.has_merged_decoder:
-        raise ModelFolderError(f"{folder}: decoder_layout='merged' but the export has no {mf.DECODER_MERGED} graph")
-    # Merged when exported: one copy of the decoder weights, and 2-4% faster per greedy generation than
-    # the split pair on t5-small, CPU (measured in one run, both orders). Exports default to the split
-    # pair because int8 quantization and the CUDA fusions rewrite those graphs.
-    return decoder_layout == "merged" or (decoder_layout == "auto" and manifest.has_merged_decoder)
+DECODER_LAYOUTS = ("auto", "with-past", "merged", "split")
 
 
-def graph_roles(uses_merged: bool) -> list[str]:
-    """The graphs a runner loads (the export may hold more)."""
-    decoders = [mf.DECODER_MERGED] if uses_merged else [mf.DECODER, mf.DECODER_WITH_PAST]
+def resolve_decoder_layout(folder: str | Path, manifest: mf.Manifest, decoder_layout: str) -> str:
+    """Which decoder graphs to load: "with-past" (the with-past decoder for every step, the cross cache from
+    the encoder), "merged" or "split". "auto" picks the first the export holds, in that order."""
+    if decoder_layout not in DECODER_LAYOUTS:
+        raise ValueError(f"`decoder_layout` has to be one of {', '.join(map(repr, DECODER_LAYOUTS))}, but is "
+                         f"{decoder_layout!r}")
+    available = manifest.decoder_layouts
+    if decoder_layout == "auto":
+        # with-past first: one copy of the decoder weights, prepacked once (the merged graph's two branches each
+        # prepack them), and an encoder that computes the cross cache (see export/cross_cache.py).
+        return available[0]
+    if decoder_layout not in available:
+        needs = {"split": f"no {mf.DECODER} and {mf.DECODER_WITH_PAST} graphs",
+                 "merged": f"no {mf.DECODER_MERGED} graph",
+                 "with-past": f"no {mf.DECODER_WITH_PAST} graph with an encoder that outputs the cross-attention cache"}
+        raise ModelFolderError(f"{folder}: decoder_layout={decoder_layout!r} but the export has {needs[decoder_layout]}")
+    return decoder_layout
+
+
+def graph_roles(layout: str) -> list[str]:
+    """The graphs a runner of decoder `layout` loads (the export may hold more)."""
+    decoders = {"merged": [mf.DECODER_MERGED], "split": [mf.DECODER, mf.DECODER_WITH_PAST],
+                "with-past": [mf.DECODER_WITH_PAST]}[layout]
     return [mf.ENCODER, *decoders, mf.CACHE_REORDER]
 
 
@@ -117,7 +127,8 @@ class DecoderState:
     is left-padded to the batch's `past` length (`decoder_mask` 0 there), its cross-attention cache and
     encoder mask right-padded to the longest source (`host_encoder_mask` 0 there)."""
 
-    encoder_hidden: ort.OrtValue | None  # [inputs, source_len, d_model]; None once the first step has run
+    encoder_hidden: ort.OrtValue | None  # [inputs, source_len, d_model]; None once the first step has run, or when
+    # the encoder computed the cross cache itself (the with-past layout)
     encoder_mask: ort.OrtValue  # int64[rows, source_len]
     host_encoder_mask: np.ndarray  # the same on the host
     sources: np.ndarray  # int64[rows]: which encoder input each row decodes (rows of one input share its cross cache)
@@ -128,6 +139,11 @@ class DecoderState:
     # slice of a C-contiguous array is contiguous), so rows that join are written in place (`Runner.join`)
     self_room: list[np.ndarray] | None = None
     cross_room: list[np.ndarray] | None = None
+    # CPU only: two sets of flat host buffers that the self cache alternates between, step after step (the
+    # step reads its past from one and writes its present into the other: no allocation per step);
+    # `self_buffer` says which set holds `self_cache` now (None: neither, e.g. after a reorder or a join)
+    self_buffers: list[list[np.ndarray] | None] = field(default_factory=lambda: [None, None])
+    self_buffer: int | None = None
 
     @property
     def rows(self) -> int:
@@ -146,13 +162,14 @@ class Runner:
         self.manifest = manifest
         self.names = manifest.names
         self.float_type = _FLOAT_TYPES[manifest.dtype]
-        self.uses_merged = uses_merged_decoder(folder, manifest, decoder_layout)
+        self.layout = resolve_decoder_layout(folder, manifest, decoder_layout)
+        self.uses_merged = self.layout == "merged"
 
         if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1):
             raise ValueError(f"`threads` has to be an integer >= 1, but is {threads!r}")
         # Weights that several graphs hold (the decoder pair's, the shared embedding) held once.
         self.shared_weights = SharedWeights([self.folder / manifest.graphs[role].file for role in
-                                             graph_roles(self.uses_merged) if role != mf.CACHE_REORDER]) \
+                                             graph_roles(self.layout) if role != mf.CACHE_REORDER]) \
             if share_weights else None
         # Every session owns an intra-op thread pool whose threads spin (busy-wait) between the operators of a
         # run, and by default for a while after it, on the cores the next run of ANOTHER session needs. So every
@@ -178,13 +195,11 @@ class Runner:
         self.provider, self.encoder = self._open_first_session(provider)
         self.device_type = "cuda" if self.provider == "cuda" else "cpu"
         self.device_id = 0
-        if self.uses_merged:
-            self.decoder_merged = self._session(mf.DECODER_MERGED)
-            self.decoder_first = self.decoder_with_past = None
-        else:
-            self.decoder_first = self._session(mf.DECODER)
-            self.decoder_with_past = self._session(mf.DECODER_WITH_PAST)
-            self.decoder_merged = None
+        self.decoder_first = self._session(mf.DECODER) if self.layout == "split" else None
+        self.decoder_with_past = self._session(mf.DECODER_WITH_PAST) if self.layout != "merged" else None
+        self.decoder_merged = self._session(mf.DECODER_MERGED) if self.layout == "merged" else None
+        # with-past: the encoder returns the cross cache, and the first step is a with-past step with no self cache
+        self.encoder_gives_cross_cache = self.layout == "with-past"
         # Measured before `force_spinning_stop`: a 32-row t5-small step went from 22 to 38 ms on 2 cores when the
         # reorder had its own pool spinning after its runs.
         self.cache_reorder = self._session(mf.CACHE_REORDER, options=reorder_options)
@@ -193,6 +208,10 @@ class Runner:
         # newcomers' rows in place instead of rebuilding the batch's caches (0: exact-size caches).
         self.row_capacity = 0
         self._check_names()
+        # the embeddings ONNX Runtime reads row by row from mapped external data (CPU: on CUDA they are on the device)
+        self.sparse_mappings = advise_sparse_reads(
+            [path for role in graph_roles(self.layout) for path in
+             mf.external_data_of(self.folder, manifest.graphs[role].file).values()]) if self.device_type == "cpu" else 0
 
     # ---------------------------------------------------------------- sessions
     def _providers_for(self, provider: str) -> list:
@@ -272,17 +291,19 @@ class Runner:
         self._present_self, self._present_cross = present_self, present_cross
         self._reorder_in = [name for l in layers for name in (l.reorder_in_key, l.reorder_in_value)]
         self._reorder_out = [name for l in layers for name in (l.reorder_out_key, l.reorder_out_value)]
-        checks = [(mf.ENCODER, self.encoder, [n.encoder_input_ids, n.encoder_attention_mask], [n.encoder_output]),
+        encoder_outputs = [n.encoder_output] + (present_cross if self.layout == "with-past" else [])
+        checks = [(mf.ENCODER, self.encoder, [n.encoder_input_ids, n.encoder_attention_mask], encoder_outputs),
                   (mf.CACHE_REORDER, self.cache_reorder, [n.reorder_indices] + self._reorder_in, self._reorder_out)]
         mask = [n.decoder_attention_mask] if self.has_decoder_mask else []
         if self.uses_merged:
             checks.append((mf.DECODER_MERGED, self.decoder_merged,
                            [n.decoder_input_ids, n.decoder_encoder_attention_mask, n.decoder_encoder_hidden_states,
                             n.use_cache_branch] + mask + past_self + past_cross, [n.logits] + present_self + present_cross))
-        else:
+        if self.layout == "split":
             checks.append((mf.DECODER, self.decoder_first,
                            [n.decoder_input_ids, n.decoder_encoder_attention_mask, n.decoder_encoder_hidden_states]
                            + mask, [n.logits] + present_self + present_cross))
+        if self.layout != "merged":
             checks.append((mf.DECODER_WITH_PAST, self.decoder_with_past,
                            [n.decoder_input_ids, n.decoder_encoder_attention_mask] + mask + past_self + past_cross,
                            [n.logits] + present_self))
@@ -322,7 +343,8 @@ class Runner:
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> DecoderState:
         """Run the encoder. input_ids, attention_mask: int64[inputs, source_len]. The state has one row per
         input until the caller widens it with `select` (beams and samples of one input share one
-        encoder pass and one first decoder step; transformers runs both on every row)."""
+        encoder pass and one first decoder step; transformers runs both on every row). In the with-past
+        layout the encoder also returns the cross-attention cache, which the state then holds."""
         inputs = input_ids.shape[0]
         multiple = self.manifest.encoder_length_multiple
         input_ids, attention_mask = pad_to_multiple(input_ids, attention_mask, multiple, self.manifest.pad_token_id)
@@ -331,68 +353,98 @@ class Runner:
         mask = self._to_device(host_mask)
         groups = length_groups(_used_lengths_per_row(host_mask), multiple) if self.device_type == "cpu" else None
         if groups is None:
-            hidden = self._run_encoder(input_ids, mask)
+            values = self._run_encoder(input_ids, mask)
         else:  # inputs of very different lengths: one call per group of similar lengths, less padding computed
-            out = np.zeros((inputs, host_mask.shape[1], self.manifest.d_model), self.float_type)
+            length_axis = 2 if self.encoder_gives_cross_cache else 1  # [rows, heads, source, d_kv] or [rows, source, d]
+            out: list[np.ndarray] = []
             for rows, length in groups:
                 part = self._run_encoder(input_ids[rows, :length], self._to_device(host_mask[rows, :length]))
-                out[rows, :length] = part.numpy()
-            hidden = self._to_device(out)
-        return DecoderState(encoder_hidden=hidden, encoder_mask=mask, host_encoder_mask=host_mask,
-                            sources=np.arange(inputs, dtype=np.int64), decoder_mask=np.zeros((inputs, 0), np.int64))
+                for index, value in enumerate(part):
+                    array = value.numpy()
+                    if len(out) <= index:
+                        shape = list(array.shape)
+                        shape[0], shape[length_axis] = inputs, host_mask.shape[1]
+                        out.append(np.zeros(shape, array.dtype))  # zeros: the padding stays masked and finite
+                    out[index][(rows,) + (slice(None),) * (length_axis - 1) + (slice(0, length),)] = array
+            values = [self._to_device(array) for array in out]
+        state = DecoderState(encoder_hidden=None, encoder_mask=mask, host_encoder_mask=host_mask,
+                             sources=np.arange(inputs, dtype=np.int64), decoder_mask=np.zeros((inputs, 0), np.int64))
+        if self.encoder_gives_cross_cache:
+            state.cross_cache = values
+        else:
+            state.encoder_hidden = values[0]
+        return state
 
-    def _run_encoder(self, input_ids: np.ndarray, mask: ort.OrtValue) -> ort.OrtValue:
+    def _run_encoder(self, input_ids: np.ndarray, mask: ort.OrtValue) -> list[ort.OrtValue]:
+        """The encoder's output, or in the with-past layout the cross cache (key, value per layer)."""
         binding = self.encoder.io_binding()
         binding.bind_cpu_input(self.names.encoder_input_ids, np.ascontiguousarray(input_ids))
         binding.bind_ortvalue_input(self.names.encoder_attention_mask, mask)
-        self._bind_outputs_on_device(binding, [self.names.encoder_output])
+        self._bind_outputs_on_device(binding, self._present_cross if self.encoder_gives_cross_cache
+                                     else [self.names.encoder_output])
         self.encoder.run_with_iobinding(binding)
-        return binding.get_outputs()[0]
+        return binding.get_outputs()
+
+    def _bind_past(self, binding: ort.IOBinding, state: DecoderState) -> None:
+        """The self cache (empty before the first step) and the cross cache, as decoder inputs."""
+        self_cache = state.self_cache or [self._empty_past(state.rows)] * len(self._past_self)
+        for name, value in zip(self._past_self, self_cache):
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name, value in zip(self._past_cross, state.cross_cache):
+            binding.bind_ortvalue_input(name, value)
 
     def step(self, state: DecoderState, tokens: np.ndarray, spare_rows: int = 0) -> np.ndarray:
         """Feed one token per row (int64[rows]); return that step's logits, float32[rows, vocab]. The first
-        step of a state runs the first-step graph (it also computes the cross-attention cache).
+        step of a state runs the first-step graph, which also computes the cross-attention cache (in the
+        with-past layout the encoder did, and the first step is a with-past step with an empty self cache).
         spare_rows: rows about to join after this step; on CPU the new self cache leaves room for them."""
         n = self.names
         first = not state.self_cache
-        session = self.decoder_merged if self.uses_merged else (self.decoder_first if first else self.decoder_with_past)
+        computes_cross = first and not self.encoder_gives_cross_cache  # the first-step graph (or branch)
+        session = self.decoder_merged if self.uses_merged else (self.decoder_first if computes_cross
+                                                                else self.decoder_with_past)
         binding = session.io_binding()
         binding.bind_cpu_input(n.decoder_input_ids, np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1))
         binding.bind_ortvalue_input(n.decoder_encoder_attention_mask, state.encoder_mask)
         decoder_mask = np.concatenate([state.decoder_mask, np.ones((state.rows, 1), np.int64)], axis=1)
         if self.has_decoder_mask:
             binding.bind_cpu_input(n.decoder_attention_mask, decoder_mask)
-        if first:
-            binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, state.encoder_hidden)
-        elif self.uses_merged:  # the with-past branch never reads it; the graph still takes one
-            binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, self._unused_encoder_output)
         if self.uses_merged:
             binding.bind_cpu_input(n.use_cache_branch, np.array([not first]))
-            if first:
+        if computes_cross:
+            binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, state.encoder_hidden)
+            if self.uses_merged:
                 empty = self._empty_past(state.rows)
                 for name in self._past_self + self._past_cross:
                     binding.bind_cpu_input(name, empty)
-        if not first:
-            for name, value in zip(self._past_self, state.self_cache):
-                binding.bind_ortvalue_input(name, value)
-            for name, value in zip(self._past_cross, state.cross_cache):
-                binding.bind_ortvalue_input(name, value)
+        else:
+            if self.uses_merged:  # the with-past branch never reads it; the graph still takes one
+                binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, self._unused_encoder_output)
+            self._bind_past(binding, state)
         binding.bind_output(n.logits, "cpu")
         self_room = room_values = None
+        buffer = None
         if spare_rows and not first and self.device_type == "cpu":
             self_room = self._room(state.rows + spare_rows, state.past + 1)
             room_values = self._bind_outputs_in(binding, self._present_self, self_room, state.rows)
+        elif self.device_type == "cpu":
+            buffer, arrays = self._spare_self_buffer(state)
+            room_values = self._bind_outputs_in(binding, self._present_self, arrays, state.rows)
         else:
             self._bind_outputs_on_device(binding, self._present_self)
-        if first:
+        if computes_cross:
             self._bind_outputs_on_device(binding, self._present_cross)
         session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         count = len(self._present_self)
         state.self_cache = room_values or outputs[1:1 + count]
         state.self_room = self_room
+        state.self_buffer = buffer
         state.decoder_mask = decoder_mask
-        if first:
+        if computes_cross:
             state.cross_cache = outputs[1 + count:]
             state.cross_room = None
             state.encoder_hidden = None
@@ -426,7 +478,7 @@ class Runner:
             state.host_encoder_mask = state.host_encoder_mask[rows]
             state.encoder_mask = self._to_device(state.host_encoder_mask)
         state.self_cache = self._gather_rows(state.self_cache, rows)
-        state.self_room = None
+        state.self_room, state.self_buffer = None, None
         state.decoder_mask = state.decoder_mask[rows]
         state.sources = state.sources[rows]
 
@@ -527,6 +579,20 @@ class Runner:
         self.cache_reorder.run_with_iobinding(binding)
         return gathered
 
+    def _spare_self_buffer(self, state: DecoderState) -> tuple[int, list[np.ndarray]]:
+        """The buffer set that does not hold the state's self cache, as [rows, heads, past + 1, d_kv] arrays
+        (leading parts of flat buffers: contiguous). A set too small is replaced by one with room for
+        `_SELF_BUFFER_COLUMNS` more columns, so buffers are allocated every that many steps, not every step."""
+        index = 0 if state.self_buffer != 0 else 1
+        shape = (state.rows, self.manifest.num_heads, state.past + 1, self.manifest.d_kv)
+        size = int(np.prod(shape))
+        buffers = state.self_buffers[index]
+        if buffers is None or buffers[0].size < size:
+            state.self_buffers[index] = None  # freed before the larger ones are made
+            capacity = size // (state.past + 1) * (state.past + 1 + _SELF_BUFFER_COLUMNS)
+            buffers = state.self_buffers[index] = [np.empty(capacity, self.float_type) for _ in self._present_self]
+        return index, [buffer[:size].reshape(shape) for buffer in buffers]
+
     def _room(self, rows: int, length: int) -> list[np.ndarray]:
         """Uninitialized host arrays for one key/value pair per layer, [rows, heads, length, d_kv] each."""
         shape = (rows, self.manifest.num_heads, length, self.manifest.d_kv)
@@ -546,13 +612,17 @@ class Runner:
         """Logits of every position in one decoder pass: float32[batch, target_len, vocab]."""
         n = self.names
         state = self.encode(input_ids, attention_mask)
-        session = self.decoder_merged if self.uses_merged else self.decoder_first
+        session = self.decoder_merged if self.uses_merged else (self.decoder_with_past if self.encoder_gives_cross_cache
+                                                                else self.decoder_first)
         binding = session.io_binding()
         binding.bind_cpu_input(n.decoder_input_ids, np.ascontiguousarray(decoder_input_ids, dtype=np.int64))
         binding.bind_ortvalue_input(n.decoder_encoder_attention_mask, state.encoder_mask)
-        binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, state.encoder_hidden)
         if self.has_decoder_mask:  # T5's causal mask covers the target; padding after a target changes nothing before it
             binding.bind_cpu_input(n.decoder_attention_mask, np.ones(decoder_input_ids.shape, np.int64))
+        if self.encoder_gives_cross_cache:  # the with-past graph over the whole target, no self cache before it
+            self._bind_past(binding, state)
+        else:
+            binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, state.encoder_hidden)
         if self.uses_merged:
             binding.bind_cpu_input(n.use_cache_branch, np.array([False]))
             empty = self._empty_past(state.rows)
@@ -563,6 +633,9 @@ class Runner:
         logits = binding.get_outputs()[0].numpy()
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
+
+# How many more self-cache columns a new pair of CPU buffers has room for (`Runner._spare_self_buffer`)
+_SELF_BUFFER_COLUMNS = 16
 
 # What one more encoder call costs, in padded token positions computed (session run, thread wake-up, smaller
 # GEMMs); the inputs are split only when the padding saved is worth more (`length_groups`).

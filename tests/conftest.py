@@ -82,7 +82,7 @@ def tiny_models(tmp_path_factory, default_model_dir) -> dict[str, TinyModel]:
         checkpoint, export = root / f"{preset}-checkpoint", root / f"{preset}-onnx"
         if not built:
             make_random_t5(checkpoint, preset, seed=seed, tokenizer_dir=default_model_dir)
-            export_model(str(checkpoint), export, layout="both", progress=False, force=True)
+            export_model(str(checkpoint), export, layout="all", progress=False, force=True)
         models[preset] = TinyModel(preset, checkpoint, export)
     (root / "complete").touch()
     return models
@@ -112,7 +112,7 @@ def ending_model(tmp_path_factory, default_model_dir) -> TinyModel:
     torch.use_deterministic_algorithms(False)
     checkpoint = train.save(model, tokenizer, root / "checkpoint")
     export = root / "onnx"
-    export_model(str(checkpoint), export, layout="both", progress=False, force=True)
+    export_model(str(checkpoint), export, layout="all", progress=False, force=True)
     (root / "complete").touch()
     return TinyModel("ending", checkpoint, export)
 

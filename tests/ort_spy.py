@@ -67,6 +67,7 @@ def install(monkeypatch) -> Spy:
     wrap(ort.IOBinding, "bind_ortvalue_input", before=on_ortvalue_input)
     wrap(ort.IOBinding, "bind_cpu_input", before=on_cpu_input)
     wrap(ort.IOBinding, "bind_output", before=on_output)
+    wrap(ort.IOBinding, "bind_ortvalue_output", before=on_output)  # into a buffer the runner made
     wrap(ort.InferenceSession, "run_with_iobinding", after=on_run)
     wrap(ort.OrtValue, "numpy", before=lambda value: spy.host_copies.append(tuple(value.shape())))
     return spy
@@ -95,7 +96,7 @@ def follow_the_cache(spy: Spy, manifest) -> dict[str, int]:
                     latest[slot] = run.outputs[out_name]
             continue
         if not any(name in run.outputs for name in present):
-            continue  # the encoder
+            continue  # the encoder (in the with-past layout it outputs the cross cache: followed from there)
         for name in past:
             if name in latest:
                 assert run.inputs.get(name) == latest[name], \

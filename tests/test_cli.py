@@ -5,7 +5,11 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import pytest
+
+from ortdecode import load
+from ortdecode.manifest import sha256_of
 
 from .conftest import TEXTS, transformers_token_logprobs
 
@@ -133,10 +137,11 @@ def test_check_passes_on_a_good_export(tiny_v1):
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:-1]] == [
-        "ok    manifest", "ok    validation", "ok    sha256", "ok    load (split decoder)",
-        "ok    smoke decode (split decoder)",
-        "ok    load (merged decoder)", "ok    smoke decode (merged decoder)"]
-    assert lines[-1].endswith("all 7 checks passed")
+        "ok    manifest", "ok    validation", "ok    sha256",
+        "ok    load (with-past decoder)", "ok    smoke decode (with-past decoder)",
+        "ok    load (merged decoder)", "ok    smoke decode (merged decoder)",
+        "ok    load (split decoder)", "ok    smoke decode (split decoder)"]
+    assert lines[-1].endswith("all 9 checks passed")
 
 
 def test_check_reports_each_failure_and_exits_1(tiny_v1, tmp_path):
@@ -150,9 +155,10 @@ def test_check_reports_each_failure_and_exits_1(tiny_v1, tmp_path):
     assert run.returncode == 1
     lines = run.stdout.splitlines()
     assert "FAIL  sha256: " in lines[2] and "decoder_model_merged.onnx does not match" in lines[2]
-    assert lines[3].startswith("ok    load (split decoder)") and lines[4].startswith("ok    smoke decode (split")
+    assert lines[3].startswith("ok    load (with-past decoder)") and lines[4].startswith("ok    smoke decode (with-past")
     assert lines[5].startswith("FAIL  load (merged decoder)") and "decoder_model_merged.onnx" in lines[5]
-    assert lines[-1].endswith("2 of 6 checks failed")
+    assert lines[6].startswith("ok    load (split decoder)") and lines[7].startswith("ok    smoke decode (split")
+    assert lines[-1].endswith("2 of 8 checks failed")
 
 
 def test_an_unexpected_exception_is_one_line_internal_error(tiny_v1, tmp_path, monkeypatch):
@@ -273,7 +279,7 @@ def test_score_refuses_a_repeated_source(tiny_v1):
     assert run.returncode == 2
 
 
-@pytest.mark.parametrize("layout", ["split", "merged"])
+@pytest.mark.parametrize("layout", ["with-past", "split", "merged"])
 def test_decoder_layout_picks_the_graphs(tiny_v1, layout):
     run = ortdecode("generate", "--model", str(tiny_v1.export), "--provider", "cpu", "--decoder-layout", layout, "-v",
                     "--max-new-tokens", "6", TEXTS[0])
@@ -303,14 +309,30 @@ def test_split_layout_stores_the_decoder_weights_twice(tiny_v1):
     assert first + with_past > 1.8 * merged  # with-past: all but the cross-attention key/value projections
 
 
-def test_export_prints_one_summary_line(tiny_v1, tmp_path):
+def test_export_prints_one_summary_line_and_defaults_to_the_with_past_layout(tiny_v1, tmp_path):
+    """The default CPU export: the encoder outputs the cross cache, one with-past decoder, weights in external
+    data files the manifest checksums; it decodes as the split pair of the same checkpoint does."""
     out = tmp_path / "export"
     run = ortdecode("export", str(tiny_v1.checkpoint), str(out))
     assert run.returncode == 0, run.stderr
     manifest = json.loads((out / "ortdecode.json").read_text())
+    assert manifest["export_options"]["layout"] == "with-past"
+    assert set(manifest["graphs"]) == {"encoder", "decoder_with_past", "cache_reorder"}
+    assert not (out / "decoder_model.onnx").exists()
+    for role in ("encoder", "decoder_with_past"):
+        graph = manifest["graphs"][role]
+        assert graph["external_data"] == {graph["file"] + ".data": sha256_of(out / (graph["file"]
+                                                                                                      + ".data"))}
+        tensors = onnx.load(str(out / graph["file"]), load_external_data=False).graph.initializer
+        assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors if np.prod(t.dims) * 4 >= 1024)
+    assert "present.0.encoder.key" in manifest["graphs"]["encoder"]["outputs"]
+    ours = load(out).generate(TEXTS, max_new_tokens=8, num_beams=2)
+    split = load(tiny_v1.export, decoder_layout="split").generate(TEXTS, max_new_tokens=8, num_beams=2)
+    np.testing.assert_array_equal(ours.sequences, split.sequences)
+    np.testing.assert_allclose(ours.sequences_scores, split.sequences_scores, atol=1e-5)
     size_mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
     assert run.stdout.splitlines() == [
-        f"ortdecode: exported {out} ({size_mb:.1f} MB, 4 graphs); validation: "
+        f"ortdecode: exported {out} ({size_mb:.1f} MB, 3 graphs); validation: "
         + ", ".join(f"{k} {v:.3g}" for k, v in manifest["validation"].items()
                     if isinstance(v, float) and ("diff" in k or "error" in k))]
 

@@ -21,7 +21,8 @@ def test_manifest_records_the_export(tiny):
     assert (manifest.num_heads, manifest.d_kv, manifest.d_model) == (config["num_heads"], config["d_kv"], config["d_model"])
     assert (manifest.pad_token_id, manifest.eos_token_id, manifest.decoder_start_token_id) == (0, (1,), 0)
     assert {"torch", "transformers", "optimum", "onnx", "onnxruntime", "ortdecode"} <= set(manifest.versions)
-    assert manifest.export_options["layout"] == "both" and manifest.opset >= 13
+    assert manifest.export_options["layout"] == "all" and manifest.opset >= 13
+    assert manifest.decoder_layouts == ["with-past", "merged", "split"]
     assert manifest.validation["passed"] is True and manifest.validation["max_abs_diff"] <= 1e-4
     assert manifest.names.decoder_attention_mask == "attention_mask" and manifest.export_options["decoder_mask"]
     assert 0 <= manifest.validation["joined_batch_max_abs_diff"] <= 1e-4
@@ -68,7 +69,11 @@ def test_int8_export_is_smaller_recorded_and_still_correct(tmp_path, default_mod
     assert int8.validation["passed"] is None and int8.validation["max_abs_diff"] > 0  # measured, not judged
     nodes = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "decoder_with_past_model.onnx")).graph.node}
     assert nodes & {"MatMulInteger", "DynamicQuantizeMatMul"}
-    size = lambda m, folder: (folder / m.graphs["decoder_with_past"].file).stat().st_size  # noqa: E731
+    def size(manifest, folder):  # the graph and its external data (int8 exports default to the with-past layout)
+        graph = manifest.graphs["decoder_with_past"]
+        return sum((folder / name).stat().st_size for name in [graph.file, *graph.external_data])
+
+    assert int8.export_options["layout"] == "with-past" and int8.graphs["decoder_with_past"].external_data
     assert size(int8, tmp_path / "int8") < 0.5 * size(fp32, default_model_dir)
     prompts = ["spell out: 4521", "to digits: seventy thousand three", "ordinal: 21"]
     assert ortdecode.load(tmp_path / "int8").generate(prompts).texts == [
@@ -78,7 +83,8 @@ def test_int8_export_is_smaller_recorded_and_still_correct(tmp_path, default_mod
 @pytest.mark.parametrize("options, match", [
     (dict(fp16=True), "--fp16 needs --target cuda"),
     (dict(quantize="int8", target="cuda"), "--quantize int8 is for CPU exports"),
-    (dict(layout="merged", quantize="int8"), "use --layout split"),
+    (dict(layout="merged", quantize="int8"), "use --layout with-past or split"),
+    (dict(layout="with-past", target="cuda"), "use --layout split"),
     (dict(target="tpu"), "`target`.*'tpu'"),
 ])
 def test_incompatible_options(tiny_v1, tmp_path, options, match):

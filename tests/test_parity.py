@@ -29,7 +29,8 @@ def hf_generate(model, encoded, **options):
 
 
 # Every way the runner can hold the graphs: each decoder layout, with and without weights shared between sessions.
-SESSION_SETUPS = [("split", False), ("merged", False), ("split", True), ("merged", True)]
+SESSION_SETUPS = [("with-past", False), ("split", False), ("merged", False), ("with-past", True), ("split", True),
+                  ("merged", True)]
 
 
 @pytest.mark.parametrize("layout,share_weights", SESSION_SETUPS)

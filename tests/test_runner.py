@@ -189,7 +189,7 @@ def test_join_left_pads_and_select_trims_the_padding(generator):
 
 
 # ---------------------------------------------------------------- device residency (CPU)
-@pytest.mark.parametrize("layout", ["split", "merged"])
+@pytest.mark.parametrize("layout", ["with-past", "split", "merged"])
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, layout, num_beams):
     """The present KV of one step is the buffer bound as past at the next (same address); beam search
@@ -208,6 +208,11 @@ def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, la
     reorders = counts.get(m.graphs["cache_reorder"].file, 0)
     if num_beams == 1:
         assert reorders == 0
+        # the self cache alternates between two buffers the runner made (past read from one, present written
+        # into the other): no allocation per step
+        key = m.layers[0].present_self_key
+        written = [run.outputs[key] for run in spy.runs if key in run.outputs]
+        assert len(written) == steps and len(set(written)) == 2 and written[0::2] == [written[0]] * len(written[0::2])
     else:  # the first step's caches widened to the beams (self + cross), then one reorder per later step
         assert reorders >= 2 + 3, counts
 
@@ -229,9 +234,11 @@ def test_length_groups_partition_the_rows_and_cost_less_than_one_call(lengths, m
     assert sum(len(r) * width + _ENCODER_CALL_COST for r, width in groups) < one_call
 
 
-def test_inputs_of_very_different_lengths_are_encoded_in_groups_and_decode_as_alone(generator, monkeypatch):
+@pytest.mark.parametrize("layout", ["with-past", "split"])  # the encoder returns the cross cache / hidden states
+def test_inputs_of_very_different_lengths_are_encoded_in_groups_and_decode_as_alone(tiny_v1, layout, monkeypatch):
     """The encoder runs once per group of similar lengths (padding not computed), and every input's encoder
     output, logits and generated tokens are those it gets alone."""
+    generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
     texts = [TEXTS[0], TEXTS[4] * 3, TEXTS[3], TEXTS[2] * 3, TEXTS[5], TEXTS[4] * 3, TEXTS[0], TEXTS[7]]
     runner = generator.runner
     ids, mask = encode(generator, texts)
@@ -240,12 +247,19 @@ def test_inputs_of_very_different_lengths_are_encoded_in_groups_and_decode_as_al
     state = runner.encode(ids, mask)
     assert len(widths) > 1 and all(w[1] <= ids.shape[1] for w in widths) and min(w[1] for w in widths) < ids.shape[1]
     assert sum(w[0] for w in widths) == len(texts)
-    hidden = state.encoder_hidden.numpy()
+
+    def encoder_outputs(state):  # [(array, its source-length axis)]: the cross cache (with-past) or the hidden states
+        if state.encoder_hidden is None:
+            return [(value.numpy(), 2) for value in state.cross_cache]
+        return [(state.encoder_hidden.numpy(), 1)]
+
+    outputs = encoder_outputs(state)
     for row, text in enumerate(texts):
         alone_ids, alone_mask = encode(generator, [text])
-        alone = runner.encode(alone_ids, alone_mask).encoder_hidden.numpy()[0]
+        alone = encoder_outputs(runner.encode(alone_ids, alone_mask))
         length = alone_ids.shape[1]
-        np.testing.assert_allclose(hidden[row, :length], alone, atol=1e-5)
+        for (batch_array, axis), (alone_array, _) in zip(outputs, alone):
+            np.testing.assert_allclose(batch_array[row].take(range(length), axis=axis - 1), alone_array[0], atol=1e-5)
     batch = generator.generate(texts, max_new_tokens=8, num_beams=2)
     for row, text in enumerate(texts):
         alone = generator.generate(text, max_new_tokens=8, num_beams=2)
