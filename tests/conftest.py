@@ -117,6 +117,19 @@ def ending_model(tmp_path_factory, default_model_dir) -> TinyModel:
     return TinyModel("ending", checkpoint, export)
 
 
+@pytest.fixture(scope="session")
+def with_past_export(tmp_path_factory, tiny_models) -> Path:
+    """tiny-v1 exported with the default CPU options: the with-past layout, weights in external data files."""
+    from ortdecode_export import export_model
+
+    root, done = model_root(tmp_path_factory, "with-past")
+    export = root / "onnx"
+    if not done:
+        export_model(str(tiny_models["tiny-v1"].checkpoint), export, progress=False, force=True)
+        (root / "complete").touch()
+    return export
+
+
 @pytest.fixture(scope="session", params=PRESETS)
 def tiny(request, tiny_models) -> TinyModel:
     return tiny_models[request.param]

@@ -188,6 +188,15 @@ def test_join_left_pads_and_select_trims_the_padding(generator):
     np.testing.assert_allclose(runner.step(batch, np.array([9])), expected, atol=1e-5)
 
 
+def test_auto_loads_the_with_past_layout_with_one_decoder_graph(tiny_v1):
+    generator = ortdecode.load(tiny_v1.export, provider="cpu")  # the export holds every layout
+    runner = generator.runner
+    assert runner.layout == "with-past" and runner.decoder_first is None and runner.decoder_merged is None
+    assert len(runner.sessions) == 3  # encoder (with the cross cache), with-past decoder, cache reorder
+    state = runner.encode(*encode(generator))
+    assert state.encoder_hidden is None and len(state.cross_cache) == 2 * generator.manifest.num_decoder_layers
+
+
 # ---------------------------------------------------------------- device residency (CPU)
 @pytest.mark.parametrize("layout", ["with-past", "split", "merged"])
 @pytest.mark.parametrize("num_beams", [1, 3])

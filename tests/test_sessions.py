@@ -100,3 +100,34 @@ def test_generation_with_shared_weights_is_identical(tiny_v1, layout):
     for options in ({"max_new_tokens": 12}, {"max_new_tokens": 12, "num_beams": 3}):
         np.testing.assert_array_equal(shared.generate(TEXTS, **options).sequences,
                                       plain.generate(TEXTS, **options).sequences)
+
+
+def _mapping_flags(files) -> list[str]:
+    """VmFlags of this process's mappings of `files` (/proc/self/smaps)."""
+    import os
+
+    paths, flags, current = {os.path.realpath(f) for f in files}, [], None
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:  # a mapping's header line
+                current = fields[5] if len(fields) > 5 else None
+            elif line.startswith("VmFlags:") and current in paths:
+                flags.append(line)
+    return flags
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="madvise and /proc are Linux's")
+def test_embeddings_read_from_mapped_external_data_are_advised_random_access(with_past_export, tiny_v1):
+    """ONNX Runtime keeps the weights it does not prepack (the embeddings) mapped from the external-data files;
+    the runner advises those mappings random access (`rr` in VmFlags: no read-ahead), and decodes as before."""
+    manifest = ortdecode.read_manifest(with_past_export)
+    files = [with_past_export / name for graph in manifest.graphs.values() for name in graph.external_data]
+    assert files
+    generator = ortdecode.load(with_past_export, provider="cpu")
+    flags = _mapping_flags(files)
+    assert generator.runner.sparse_mappings == len(flags) >= 2  # at least the encoder's and the decoder's embedding
+    assert all(" rr" in line for line in flags), flags
+    split = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout="split")
+    assert split.runner.sparse_mappings == 0  # weights inside the graph files: nothing mapped
+    assert generator.generate(TEXTS, max_new_tokens=8).texts == split.generate(TEXTS, max_new_tokens=8).texts

@@ -46,7 +46,7 @@ class _MutatedCopy:
 sys.meta_path.insert(0, _MutatedCopy)
 """
 MODULES = ["search.py", "processors.py", "stopping.py", "runner.py", "generator.py", "engine.py", "numerics.py",
-           "verified.py"]
+           "verified.py", "sessions.py"]
 # The fast subset per module, most discriminating first (-x stops at the first failure).
 SUBSETS = {
     # test_engine compares the engine with itself (joined vs alone): parity against transformers comes next.
@@ -65,6 +65,7 @@ SUBSETS = {
                   "tests/test_parity.py::test_per_step_logits_match_pytorch", "tests/test_generator.py"],
     "numerics.py": ["tests/test_numerics.py", "tests/test_search.py", "tests/test_processors.py"],
     "verified.py": ["tests/test_manifest.py"],
+    "sessions.py": ["tests/test_sessions.py"],
     "generator.py": ["tests/test_generator.py", "tests/test_beam_endings.py", "tests/test_stopping.py",
                      "tests/test_load.py", "tests/test_cli.py::test_score_prints_transformers_log_probs",
                      "tests/test_bad_requests.py", "tests/test_validate.py"],
