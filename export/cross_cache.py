@@ -76,9 +76,8 @@ def store_weights_externally(graph_file: Path) -> None:
     instead of copying it out of the protobuf: weights it prepacks are read once from the mapping and released
     with it, and the embedding rows a Gather never reads are never loaded. Graphs that already keep their
     weights outside (Optimum's > 2 GB graphs) are left as they are."""
-    model = onnx.load(str(graph_file), load_external_data=False)
+    model = onnx.load(str(graph_file), load_external_data=False)  # weights inside the file are read all the same
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return
-    model = onnx.load(str(graph_file))
     onnx.save(model, str(graph_file), save_as_external_data=True, all_tensors_to_one_file=True,
               location=graph_file.name + ".data", size_threshold=1024)

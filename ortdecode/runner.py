@@ -211,10 +211,11 @@ class Runner:
         # newcomers' rows in place instead of rebuilding the batch's caches (0: exact-size caches).
         self.row_capacity = 0
         self._check_names()
-        # the embeddings ONNX Runtime reads row by row from mapped external data (CPU: on CUDA they are on the device)
+        # the embeddings ONNX Runtime reads row by row from mapped external data (CPU: on CUDA they are on the device);
+        # the files as the manifest names them (`_session` checked each graph's against the folder already)
         self.sparse_mappings = advise_sparse_reads(
-            [path for role in graph_roles(self.layout) for path in
-             mf.external_data_of(self.folder, manifest.graphs[role].file).values()]) if self.device_type == "cpu" else 0
+            [self.folder / name for role in graph_roles(self.layout) for name in manifest.graphs[role].external_data]) \
+            if self.device_type == "cpu" else 0
 
     # ---------------------------------------------------------------- sessions
     def _providers_for(self, provider: str) -> list:
