@@ -1,8 +1,8 @@
 """`export_model`: a Hugging Face T5 (hub id or folder) to an ortdecode export folder.
 
 Load, export, optimize, save, validate (CTranslate2's converter order): Optimum writes the encoder and
-decoder graphs; CUDA targets get ONNX Runtime's T5 fusions, int8 targets dynamic quantization; the
-cache-reorder graph, tokenizer and configs are added; the manifest records names, shapes, ids, versions
+decoder graphs; CPU targets get fused attention in the with-past decoder, CUDA targets ONNX Runtime's T5
+fusions, int8 targets dynamic quantization; the cache-reorder graph, tokenizer and configs are added; the manifest records names, shapes, ids, versions
 and sha256; finally the export is compared with PyTorch and the result written into the manifest. All of
 it happens in a staging folder beside OUT_DIR that is renamed into place at the end (`out_dir`).
 """
@@ -174,7 +174,7 @@ def _layer_names(num_layers: int) -> tuple[mf.LayerCacheNames, ...]:
 def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: bool = False,
                  quantize: str | None = None, layout: str | None = None, opset: int | None = None,
                  atol: float | None = None, validate: bool = True, force: bool = False,
-                 progress: bool = True, decoder_mask: bool = True) -> mf.Manifest:
+                 progress: bool = True, decoder_mask: bool = True, fuse_attention: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
 
     The export is built beside OUT_DIR and moved into place when complete; a second export into the
@@ -187,7 +187,9 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
     decoder graph serves every step, weights in external data files), "split" (the default for CUDA: first-step
     and with-past decoders), "merged" (Optimum's merged decoder), "both" (split and merged) or "all" (every
     graph, the encoder computing the cross cache, weights inside the graphs: for comparing layouts).
-    decoder_mask: give the decoder graphs a decoder attention mask (continuous batching needs it)."""
+    decoder_mask: give the decoder graphs a decoder attention mask (continuous batching needs it).
+    fuse_attention: CPU targets: the with-past decoder's attention blocks become ONNX Runtime's MultiHeadAttention
+    (`attention_fusion`; the manifest's export_options["attention_fusion"] says how many)."""
     from .adopt import adopt_optimum_export, is_optimum_export
 
     out_dir = Path(out_dir)
@@ -210,8 +212,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             config, tokenizer = _load_checkpoint(model)
         steps = ["export graphs with Optimum"]
         steps += ["compute the cross-attention cache in the encoder"] if encoder_computes_cross_cache(layout) else []
+        fuses_attention = fuse_attention and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
         steps += ["fuse for CUDA"] if target == "cuda" else []
         steps += ["quantize int8"] if quantize else []
+        steps += ["fuse attention"] if fuses_attention else []
         steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
         notes: list[str] = []
         with tqdm(total=len(steps), desc="export", unit="step", disable=not progress, file=sys.stderr) as bar, \
@@ -245,6 +249,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         raise ExportError(f"MODEL {model!r}: --layout {layout} cannot compute the cross-attention "
                                           f"cache in the encoder: {exc}; use --layout split") from None
                     advance()
+                fusion = None
                 for role in roles:
                     source, final = work / OPTIMUM_FILES[role], staging / OPTIMUM_FILES[role]
                     if not source.exists():
@@ -262,6 +267,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         shutil.move(str(source), str(final))
                     for extra in work.glob(OPTIMUM_FILES[role] + "_data"):  # external weights of > 2 GB graphs
                         shutil.move(str(extra), str(staging / extra.name))
+                    if fuses_attention and role == mf.DECODER_WITH_PAST:  # after quantizing: see attention_fusion
+                        from .attention_fusion import fuse_attention_file
+
+                        fusion = fuse_attention_file(final, config.num_heads)
                     if layout == "with-past":  # "all" keeps them inside: it is for comparing layouts
                         from .cross_cache import store_weights_externally
 
@@ -270,6 +279,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                     advance()
                 if quantize:
                     advance()
+                if fuses_attention:
+                    advance()
                 for name in ("config.json", "generation_config.json"):
                     if (work / name).exists():
                         shutil.copy(work / name, staging / name)
@@ -277,6 +288,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                               "atol": atol, "validate": validate, "decoder_mask": decoder_mask}
             if target == "cuda":
                 export_options["cuda_fusion"] = "; ".join(notes) if notes else "fused"
+            if fusion is not None:
+                export_options["attention_fusion"] = f"{OPTIMUM_FILES[mf.DECODER_WITH_PAST]}: {fusion}"
             manifest = write_manifest(staging, config, tokenizer, roles, source=_recorded_source(model), dtype=dtype,
                                       target=target,
                                       quantization="int8-dynamic" if quantize else None, export_options=export_options)

@@ -1,0 +1,146 @@
+"""The attention fusion pass (export/attention_fusion.py) on its own: what it fuses, and that the fused
+with-past decoder computes what Optimum's op-by-op graph computes, left-padded rows included.
+The parity tests against transformers (test_parity.py) run the fused graph as every export now has it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from ortdecode_export.attention_fusion import fuse_attention, fuse_attention_file
+
+DECODER = "decoder_with_past_model.onnx"
+
+
+@pytest.fixture(scope="module")
+def unfused_export(tiny_v1, tmp_path_factory):
+    """tiny-v1 exported by the command line with --no-fuse-attention (the default with-past layout)."""
+    out = tmp_path_factory.mktemp("unfused") / "onnx"
+    run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_v1.checkpoint), str(out),
+                          "--no-fuse-attention", "--no-validate"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def ops(path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_every_attention_block_of_the_default_export_is_fused_and_recorded(with_past_export, tiny_v1):
+    manifest = json.loads((with_past_export / "ortdecode.json").read_text())
+    blocks = 2 * manifest["num_decoder_layers"]  # a self- and a cross-attention block per decoder layer
+    assert manifest["export_options"]["attention_fusion"] == (
+        f"{DECODER}: {blocks} of {blocks} attention blocks fused into com.microsoft.MultiHeadAttention")
+    graph_ops = ops(with_past_export / DECODER)
+    assert graph_ops.count("MultiHeadAttention") == blocks and "Softmax" not in graph_ops
+    assert manifest["validation"]["passed"] is True
+
+
+def test_no_fuse_attention_keeps_optimums_graph_with_the_same_inputs_and_outputs(unfused_export, with_past_export):
+    manifest = json.loads((unfused_export / "ortdecode.json").read_text())
+    assert "attention_fusion" not in manifest["export_options"]
+    assert "MultiHeadAttention" not in ops(unfused_export / DECODER) and "Softmax" in ops(unfused_export / DECODER)
+    fused = json.loads((with_past_export / "ortdecode.json").read_text())
+    assert fused["graphs"]["decoder_with_past"]["inputs"] == manifest["graphs"]["decoder_with_past"]["inputs"]
+    assert fused["graphs"]["decoder_with_past"]["outputs"] == manifest["graphs"]["decoder_with_past"]["outputs"]
+
+
+def decoder_feeds(reference: ort.InferenceSession, rows: int, past: int, new: int, rng) -> dict:
+    """Random cache and tokens; row 1 left-padded in its self cache, its source right-padded (a joined row)."""
+    source = 7
+    feeds = {}
+    decoder_mask = np.ones((rows, past + new), np.int64)
+    encoder_mask = np.ones((rows, source), np.int64)
+    if rows > 1:
+        decoder_mask[1, :min(past, 3)] = 0
+        encoder_mask[1, -2:] = 0
+    for value in reference.get_inputs():
+        heads, d_kv = value.shape[1], value.shape[3] if len(value.shape) == 4 else None
+        if value.name == "input_ids":
+            feeds[value.name] = rng.integers(0, 100, (rows, new))
+        elif value.name == "attention_mask":
+            feeds[value.name] = decoder_mask
+        elif value.name == "encoder_attention_mask":
+            feeds[value.name] = encoder_mask
+        elif ".decoder." in value.name:
+            feeds[value.name] = rng.standard_normal((rows, heads, past, d_kv)).astype(np.float32)
+        else:
+            feeds[value.name] = rng.standard_normal((rows, heads, source, d_kv)).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("rows, past, new", [(1, 0, 1), (3, 0, 1), (3, 5, 1), (2, 0, 4)],
+                         ids=["first-step", "first-step-batch", "left-padded-rows", "whole-target"])
+def test_fused_decoder_computes_what_optimums_graph_computes(unfused_export, tmp_path, rows, past, new):
+    for file in unfused_export.glob(DECODER + "*"):  # the graph and its weights file
+        shutil.copy(file, tmp_path / file.name)
+    num_heads = json.loads((unfused_export / "ortdecode.json").read_text())["num_heads"]
+    report = fuse_attention_file(tmp_path / DECODER, num_heads=num_heads)
+    assert report.fused == report.blocks > 0
+    reference, fused = session(unfused_export / DECODER), session(tmp_path / DECODER)
+    feeds = decoder_feeds(reference, rows, past, new, np.random.default_rng(rows * 10 + past))
+    expected, got = reference.run(None, feeds), fused.run(None, feeds)
+    names = [o.name for o in reference.get_outputs()]
+    assert names == [o.name for o in fused.get_outputs()]
+    for name, want, have in zip(names, expected, got):
+        assert have.shape == want.shape, name
+        np.testing.assert_allclose(have, want, atol=1e-5, rtol=0, err_msg=name)
+
+
+def hand_built_attention(scaled: bool) -> onnx.ModelProto:
+    """One cross-attention block as Optimum writes it, or (scaled) with a Mul on the scores T5 does not have."""
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 1, 8])
+    key = helper.make_tensor_value_info("key", TensorProto.FLOAT, [1, 2, 3, 4])
+    value = helper.make_tensor_value_info("value", TensorProto.FLOAT, [1, 2, 3, 4])
+    bias = helper.make_tensor_value_info("bias", TensorProto.FLOAT, [1, 2, 1, 3])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 8])
+    shapes = [helper.make_tensor("heads", TensorProto.INT64, [4], [1, -1, 2, 4]),
+              helper.make_tensor("merged", TensorProto.INT64, [3], [1, -1, 8]),
+              helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])]
+    scores = "scaled" if scaled else "scores"
+    nodes = [helper.make_node("Reshape", ["q", "heads"], ["q4"]),
+             helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["key"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["qh", "kt"], ["scores"]),
+             *([helper.make_node("Mul", ["scores", "half"], ["scaled"])] if scaled else []),
+             helper.make_node("Add", [scores, "bias"], ["biased"]),
+             helper.make_node("Softmax", ["biased"], ["weights"], axis=-1),
+             helper.make_node("MatMul", ["weights", "value"], ["context"]),
+             helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["context_t", "merged"], ["out"])]
+    graph = helper.make_graph(nodes, "attention", [q, key, value, bias], [out], initializer=shapes)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_hand_built_block_is_fused_and_a_block_of_another_form_is_left_as_it_is():
+    model = hand_built_attention(scaled=False)
+    rng = np.random.default_rng(0)
+    feeds = {"q": rng.standard_normal((1, 1, 8)).astype(np.float32),
+             "key": rng.standard_normal((1, 2, 3, 4)).astype(np.float32),
+             "value": rng.standard_normal((1, 2, 3, 4)).astype(np.float32),
+             "bias": np.array([[[[0, -1e9, 0.5]], [[1, 0, -1e9]]]], np.float32)}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    report = fuse_attention(model, num_heads=2)
+    assert (report.fused, report.blocks) == (1, 1)
+    assert [node.op_type for node in model.graph.node] == ["MultiHeadAttention"]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-6)
+
+    scaled = hand_built_attention(scaled=True)
+    before = scaled.SerializeToString()
+    assert fuse_attention(scaled, num_heads=2).fused == 0
+    assert scaled.SerializeToString() == before
