@@ -60,14 +60,19 @@ def checkpoint_for(name: str) -> tuple[Path, str]:
 def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     from ortdecode_export import export_model
 
-    from ortdecode_export.pipeline import default_layout
+    from ortdecode import manifest as mf
+    from ortdecode_export.pipeline import default_layout, layout_roles
 
     path = WORK / f"{name}-{variant}"
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
                "cuda-fp16": {"target": "cuda", "fp16": True}, "merged": {"layout": "merged"}}[variant]
-    layout = options.get("layout") or default_layout(options.get("target", "cpu"))
-    if _done(path) and json.loads((path / "ortdecode.json").read_text())["export_options"]["layout"] == layout:
-        return path  # made before with today's options (an export of an older default layout is made again)
+    target = options.get("target", "cpu")
+    layout = options.get("layout") or default_layout(target)
+    fused = target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
+    if _done(path):
+        made = json.loads((path / "ortdecode.json").read_text())["export_options"]
+        if made["layout"] == layout and ("attention_fusion" in made) == fused:
+            return path  # made before with today's options (an older exporter's export is made again)
     export_model(str(checkpoint), path, force=True, progress=False, **options)
     return _mark(path)
 
