@@ -65,10 +65,12 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
 
     path = WORK / f"{name}-{variant}"
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
-               "cuda-fp16": {"target": "cuda", "fp16": True}, "merged": {"layout": "merged"}}[variant]
+               "cuda-fp16": {"target": "cuda", "fp16": True}, "merged": {"layout": "merged"},
+               "fp32-unfused": {"fuse_attention": False},
+               "int8-unfused": {"quantize": "int8", "fuse_attention": False}}[variant]
     target = options.get("target", "cpu")
     layout = options.get("layout") or default_layout(target)
-    fused = target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
+    fused = options.get("fuse_attention", True) and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
     if _done(path):
         made = json.loads((path / "ortdecode.json").read_text())["export_options"]
         if made["layout"] == layout and ("attention_fusion" in made) == fused:
