@@ -17,12 +17,13 @@ This pass replaces each block, from the projections' outputs to the merged heads
 
 `attention_bias` is the tensor the block added to its scores: for self-attention the relative position bias
 plus the decoder attention mask (computed once per step in the graph, in layer 0, and shared by every layer),
-for cross-attention the encoder mask. So left-padded rows (continuous batching) stay masked exactly as
-before. `scale` is 1: T5 does not scale its scores. A block that does not have this form is left as it is.
+for cross-attention the encoder mask (broadcast to [1, heads, new, source]). So left-padded rows (continuous batching) stay masked exactly as
+before. `scale` is 1: T5 does not scale its scores. A block that does not have this form is left as it is;
+should the rewritten graph not order (a form of cache read this pass does not know), none is fused.
 
-Measured on t5-small's shape (2 cores, the with-past decoder alone, this fused graph against Optimum's):
-outputs bit-identical; float32 step 13.4 -> 12.3 ms at 16 rows (past 40), 22.8 -> 21.3 ms at 32 rows, 75.7 ->
-72.7 ms at 128 rows; int8 7.1 -> 6.5, 12.2 -> 11.2, 40.6 -> 37.7 ms; about even at one row. The encoder is
+Measured on t5-small's shape (`python -m benchmarks.attention_fusion`, benchmarks/results/attention-fusion.md:
+2 cores, the with-past decoder alone, this fused graph against Optimum's, in turns): outputs bit-identical; a
+step takes 0.91-1.00 of the unfused step's time at 1-128 rows, float32 and int8. The encoder is
 not fused: the same rewrite of its self-attention measured no faster (batch 1 and 32 x 40 tokens even, batch 8
 slower), MultiHeadAttention's CPU kernel gaining nothing over MLAS GEMMs at encoder lengths.
 
@@ -152,7 +153,7 @@ def _match(g: _Graph, softmax: onnx.NodeProto, num_heads: int, index: int) -> _B
     return _Block([output, key_concat, value_concat], fused, caches)
 
 
-def _cache_shape_nodes(g: _Graph, block: _Block) -> tuple[list[onnx.NodeProto], set[str]]:
+def _cache_shape_nodes(g: _Graph, block: _Block, opset: int) -> tuple[list[onnx.NodeProto], set[str]]:
     """Shape(present) elsewhere in the graph (T5 reads the key length from layer 0's present key to build the
     position bias the fused node takes: a cycle once the fused node makes it) computed from what the block
     takes instead: [rows, heads, past + new, d_kv]. Returns the nodes and the Shape outputs they replace."""
@@ -162,15 +163,25 @@ def _cache_shape_nodes(g: _Graph, block: _Block) -> tuple[list[onnx.NodeProto], 
             if shape.op_type != "Shape" or shape.attribute:
                 continue
             out = shape.output[0]
-            nodes += [helper.make_node("Shape", [past], [f"{out}/rows_heads"], end=2),
-                      helper.make_node("Shape", [past], [f"{out}/past"], start=2, end=3),
-                      helper.make_node("Shape", [projection], [f"{out}/new"], start=1, end=2),
+            nodes += [*_dims(past, 0, 2, f"{out}/rows_heads", opset), *_dims(past, 2, 3, f"{out}/past", opset),
+                      *_dims(projection, 1, 2, f"{out}/new", opset),
                       helper.make_node("Add", [f"{out}/past", f"{out}/new"], [f"{out}/length"]),
-                      helper.make_node("Shape", [past], [f"{out}/d_kv"], start=3),
+                      *_dims(past, 3, 4, f"{out}/d_kv", opset),
                       helper.make_node("Concat", [f"{out}/rows_heads", f"{out}/length", f"{out}/d_kv"], [out],
                                        axis=0)]
             replaced.add(out)
     return nodes, replaced
+
+
+def _dims(tensor: str, start: int, end: int, out: str, opset: int) -> list[onnx.NodeProto]:
+    """Dimensions start..end of `tensor`'s shape: Shape's start/end attributes from opset 15, Shape + Slice before."""
+    if opset >= 15:
+        return [helper.make_node("Shape", [tensor], [out], start=start, end=end)]
+    bounds = [helper.make_node("Constant", [], [f"{out}/{name}"], value=helper.make_tensor(name, TensorProto.INT64,
+                                                                                            [1], [bound]))
+              for name, bound in (("start", start), ("end", end))]
+    return [helper.make_node("Shape", [tensor], [f"{out}/shape"]), *bounds,
+            helper.make_node("Slice", [f"{out}/shape", f"{out}/start", f"{out}/end"], [out])]
 
 
 def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
@@ -210,9 +221,10 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> FusionReport:
               if (block := _match(g, softmax, num_heads, index)) is not None]
     if not blocks:
         return FusionReport(0, len(softmaxes))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     replaced_outputs, added = set(), []
     for block in blocks:
-        shapes, shape_outputs = _cache_shape_nodes(g, block)
+        shapes, shape_outputs = _cache_shape_nodes(g, block, opset)
         added += [block.fused, *shapes]
         replaced_outputs |= shape_outputs | {output for node in block.replaced for output in node.output}
     before = list(graph.node)

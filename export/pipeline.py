@@ -271,6 +271,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         from .attention_fusion import fuse_attention_file
 
                         fusion = fuse_attention_file(final, config.num_heads)
+                        if fusion.fused < fusion.blocks:
+                            notes.append(f"{final.name}: only {fusion}; the others stay as Optimum wrote them")
                     if layout == "with-past":  # "all" keeps them inside: it is for comparing layouts
                         from .cross_cache import store_weights_externally
 

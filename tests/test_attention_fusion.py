@@ -30,6 +30,16 @@ def unfused_export(tiny_v1, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def unfused_int8_export(tiny_v1, tmp_path_factory):
+    """The same with --quantize int8: the pass runs after quantization, on the graph the quantizer wrote."""
+    out = tmp_path_factory.mktemp("unfused-int8") / "onnx"
+    run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_v1.checkpoint), str(out),
+                          "--quantize", "int8", "--no-fuse-attention", "--no-validate"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
 def ops(path) -> list[str]:
     return [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
 
@@ -83,9 +93,12 @@ def decoder_feeds(reference: ort.InferenceSession, rows: int, past: int, new: in
     return feeds
 
 
-@pytest.mark.parametrize("rows, past, new", [(1, 0, 1), (3, 0, 1), (3, 5, 1), (2, 0, 4)],
-                         ids=["first-step", "first-step-batch", "left-padded-rows", "whole-target"])
-def test_fused_decoder_computes_what_optimums_graph_computes(unfused_export, tmp_path, rows, past, new):
+@pytest.mark.parametrize("export", ["float32", "int8"])
+@pytest.mark.parametrize("rows, past, new", [(1, 0, 1), (3, 0, 1), (3, 5, 1), (3, 5, 4), (2, 0, 4)],
+                         ids=["first-step", "first-step-batch", "left-padded-rows", "left-padded-rows-4-new",
+                              "whole-target"])
+def test_fused_decoder_computes_what_optimums_graph_computes(request, export, tmp_path, rows, past, new):
+    unfused_export = request.getfixturevalue({"float32": "unfused_export", "int8": "unfused_int8_export"}[export])
     for file in unfused_export.glob(DECODER + "*"):  # the graph and its weights file
         shutil.copy(file, tmp_path / file.name)
     num_heads = json.loads((unfused_export / "ortdecode.json").read_text())["num_heads"]
@@ -144,3 +157,18 @@ def test_a_hand_built_block_is_fused_and_a_block_of_another_form_is_left_as_it_i
     before = scaled.SerializeToString()
     assert fuse_attention(scaled, num_heads=2).fused == 0
     assert scaled.SerializeToString() == before
+
+
+def test_an_export_at_opset_14_is_fused_without_opset_15_shape_attributes(tiny_v1, tmp_path):
+    """Shape's start/end attributes exist from opset 15: below it the pass slices the whole shape instead."""
+    out = tmp_path / "onnx"
+    run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_v1.checkpoint), str(out),
+                          "--opset", "14"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((out / "ortdecode.json").read_text())
+    blocks = 2 * manifest["num_decoder_layers"]
+    assert manifest["export_options"]["attention_fusion"].startswith(f"{DECODER}: {blocks} of {blocks} ")
+    assert manifest["validation"]["passed"] is True  # ONNX Runtime loaded the fused graph and matched PyTorch
+    model = onnx.load(str(out / DECODER), load_external_data=False)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [14]
+    assert not [node for node in model.graph.node if node.op_type == "Shape" and node.attribute]
