@@ -30,9 +30,10 @@ LISTED = [
            "state.self_cache = room_values or outputs[1:1 + count]",
            "state.self_cache = [self._to_device(v.numpy()) for v in (room_values or outputs[1:1 + count])]"),
     Mutant("beam reorder done on the host", "runner.py",
-           "        state.self_cache = self._gather_rows(state.self_cache, rows)\n        state.self_room = None",
+           "        state.self_cache = self._gather_rows(state.self_cache, rows)\n"
+           "        state.self_room, state.self_buffer = None, None",
            "        state.self_cache = [self._to_device(v.numpy()[rows]) for v in state.self_cache]\n"
-           "        state.self_room = None"),
+           "        state.self_room, state.self_buffer = None, None"),
     Mutant("score: labels shifted the wrong way", "generator.py",
            "decoder_input_ids[row, 1:len(ids)] = ids[:-1]", "decoder_input_ids[row, 1:len(ids)] = ids[1:]"),
     Mutant("one engine shared across calls", "generator.py",
