@@ -60,8 +60,7 @@ def checkpoint_for(name: str) -> tuple[Path, str]:
 def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     from ortdecode_export import export_model
 
-    from ortdecode import manifest as mf
-    from ortdecode_export.pipeline import default_layout, layout_roles
+    from ortdecode_export.pipeline import default_layout, fuses_attention
 
     path = WORK / f"{name}-{variant}"
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
@@ -70,7 +69,7 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
                "int8-unfused": {"quantize": "int8", "fuse_attention": False}}[variant]
     target = options.get("target", "cpu")
     layout = options.get("layout") or default_layout(target)
-    fused = options.get("fuse_attention", True) and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
+    fused = fuses_attention(target, layout, options.get("fuse_attention", True))
     if _done(path):
         made = json.loads((path / "ortdecode.json").read_text())["export_options"]
         if made["layout"] == layout and ("attention_fusion" in made) == fused:

@@ -17,9 +17,10 @@ This pass replaces each block, from the projections' outputs to the merged heads
 
 `attention_bias` is the tensor the block added to its scores: for self-attention the relative position bias
 plus the decoder attention mask (computed once per step in the graph, in layer 0, and shared by every layer),
-for cross-attention the encoder mask (broadcast to [1, heads, new, source]). So left-padded rows (continuous batching) stay masked exactly as
-before. `scale` is 1: T5 does not scale its scores. A block that does not have this form is left as it is;
-should the rewritten graph not order (a form of cache read this pass does not know), none is fused.
+for cross-attention the encoder mask (broadcast to [1, heads, new, source]). So left-padded rows (continuous
+batching) stay masked exactly as before. `scale` is 1: T5 does not scale its scores. A block that does not
+have this form is left as it is; should the rewritten graph not order (a form of cache read this pass does not
+know), none is fused.
 
 Measured on t5-small's shape (`python -m benchmarks.attention_fusion`, benchmarks/results/attention-fusion.md:
 2 cores, the with-past decoder alone, this fused graph against Optimum's, in turns): outputs bit-identical; a

@@ -100,6 +100,11 @@ def encoder_computes_cross_cache(layout: str) -> bool:
     return layout in ("with-past", "all")
 
 
+def fuses_attention(target: str, layout: str, fuse_attention: bool = True) -> bool:
+    """Whether an export with these options runs the attention fusion (CPU targets with a with-past decoder)."""
+    return fuse_attention and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
+
+
 def _check_options(target: str, fp16: bool, quantize: str | None, layout: str) -> None:
     if target not in ("cpu", "cuda"):
         raise ValueError(f"`target` has to be 'cpu' or 'cuda', but is {target!r}")
@@ -212,10 +217,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             config, tokenizer = _load_checkpoint(model)
         steps = ["export graphs with Optimum"]
         steps += ["compute the cross-attention cache in the encoder"] if encoder_computes_cross_cache(layout) else []
-        fuses_attention = fuse_attention and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
+        fusing = fuses_attention(target, layout, fuse_attention)
         steps += ["fuse for CUDA"] if target == "cuda" else []
         steps += ["quantize int8"] if quantize else []
-        steps += ["fuse attention"] if fuses_attention else []
+        steps += ["fuse attention"] if fusing else []
         steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
         notes: list[str] = []
         with tqdm(total=len(steps), desc="export", unit="step", disable=not progress, file=sys.stderr) as bar, \
@@ -267,7 +272,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         shutil.move(str(source), str(final))
                     for extra in work.glob(OPTIMUM_FILES[role] + "_data"):  # external weights of > 2 GB graphs
                         shutil.move(str(extra), str(staging / extra.name))
-                    if fuses_attention and role == mf.DECODER_WITH_PAST:  # after quantizing: see attention_fusion
+                    if fusing and role == mf.DECODER_WITH_PAST:  # after quantizing: see attention_fusion
                         from .attention_fusion import fuse_attention_file
 
                         fusion = fuse_attention_file(final, config.num_heads)
@@ -281,7 +286,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                     advance()
                 if quantize:
                     advance()
-                if fuses_attention:
+                if fusing:
                     advance()
                 for name in ("config.json", "generation_config.json"):
                     if (work / name).exists():
