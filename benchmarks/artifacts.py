@@ -71,8 +71,10 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     layout = options.get("layout") or default_layout(target)
     fused = fuses_attention(target, layout, options.get("fuse_attention", True))
     if _done(path):
-        made = json.loads((path / "ortdecode.json").read_text())["export_options"]
-        if made["layout"] == layout and ("attention_fusion" in made) == fused:
+        manifest = json.loads((path / "ortdecode.json").read_text())
+        made = manifest["export_options"]
+        if made["layout"] == layout and ("attention_fusion" in made) == fused and \
+                (not fused or manifest.get("self_cache_in_place")):
             return path  # made before with today's options (an older exporter's export is made again)
     export_model(str(checkpoint), path, force=True, progress=False, **options)
     return _mark(path)

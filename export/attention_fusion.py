@@ -34,6 +34,7 @@ MatMuls it replaces are float in int8 graphs too (`quantize.py`), so the same bl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,14 @@ MHA_DOMAIN = "com.microsoft"
 class FusionReport:
     fused: int  # attention blocks replaced
     blocks: int  # Softmax nodes in the graph (one per attention block)
+    in_place: int = 0  # self-attention blocks that update their cache in place (`cache_in_place`)
 
     def __str__(self) -> str:
-        return f"{self.fused} of {self.blocks} attention blocks fused into com.microsoft.MultiHeadAttention"
+        fused = f"{self.fused} of {self.blocks} attention blocks fused into com.microsoft.MultiHeadAttention"
+        if self.in_place:
+            fused += f", {self.in_place} self-attention blocks of them updating their cache in place " \
+                     "(com.microsoft.GroupQueryAttention)"
+        return fused
 
 
 class _Graph:
@@ -245,10 +251,15 @@ def fuse_attention(model: onnx.ModelProto, num_heads: int) -> FusionReport:
     return FusionReport(len(blocks), len(softmaxes))
 
 
-def fuse_attention_file(path: Path, num_heads: int) -> FusionReport:
-    """`fuse_attention` on a graph file, rewritten in place (its external weights, if any, are not touched)."""
+def fuse_attention_file(path: Path, num_heads: int, cache_in_place: bool = True) -> FusionReport:
+    """`fuse_attention` on a graph file, then (`cache_in_place`) `cache_in_place.update_cache_in_place`;
+    the file is rewritten in place (its external weights, if any, are not touched)."""
+    from .cache_in_place import update_cache_in_place
+
     model = onnx.load(str(path), load_external_data=False)
     report = fuse_attention(model, num_heads)
+    if report.fused == report.blocks and cache_in_place:  # every layer's cache then takes a buffer with room
+        report = dataclasses.replace(report, in_place=update_cache_in_place(model))
     if report.fused:
         onnx.save(model, str(path))
     return report

@@ -298,8 +298,9 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
             if fusion is not None:
                 export_options["attention_fusion"] = f"{OPTIMUM_FILES[mf.DECODER_WITH_PAST]}: {fusion}"
             manifest = write_manifest(staging, config, tokenizer, roles, source=_recorded_source(model), dtype=dtype,
-                                      target=target,
-                                      quantization="int8-dynamic" if quantize else None, export_options=export_options)
+                                      target=target, quantization="int8-dynamic" if quantize else None,
+                                      export_options=export_options,
+                                      self_cache_in_place=bool(fusion is not None and fusion.in_place))
             advance()
             failure = None
             if validate:
@@ -330,7 +331,7 @@ def _torch_model(source: str):
 
 
 def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source: str, dtype: str, target: str,
-                   quantization: str | None, export_options: dict) -> mf.Manifest:
+                   quantization: str | None, export_options: dict, self_cache_in_place: bool = False) -> mf.Manifest:
     """Add the cache-reorder graph and the tokenizer to a folder holding Optimum's graphs (and config.json,
     generation_config.json), then write the manifest."""
     tokenizer.save_pretrained(folder)
@@ -366,7 +367,7 @@ def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source:
         pad_token_id=config.pad_token_id, eos_token_id=tuple(eos if isinstance(eos, list) else [eos]),
         decoder_start_token_id=config.decoder_start_token_id, dtype=dtype, target=target,
         quantization=quantization, opset=graph_opset, encoder_length_multiple=encoder_length_multiple(config),
-        versions=_versions(), export_options=export_options,
+        versions=_versions(), export_options=export_options, self_cache_in_place=self_cache_in_place,
         validation={"status": "running"} if export_options.get("validate") else {"status": "skipped"})
     manifest.write(folder)
     return manifest

@@ -310,7 +310,8 @@ class BatchEngine:
             self.running = running
         try:
             tokens = np.concatenate([r.search.next_tokens for r in running])
-            logits = self.runner.step(self.batch, tokens, spare_rows=spare_rows)
+            logits = self.runner.step(self.batch, tokens, spare_rows=spare_rows,
+                                      steps_left=max(r.config.new_token_budget - r.steps for r in running))
         except Exception as exc:  # noqa: BLE001 - the whole batch failed: every request reports it
             keep.clear()
             return [r.fail(exc) for r in running]
@@ -336,7 +337,8 @@ class BatchEngine:
         try:
             state = self.runner.encode(*_stack_inputs(admitted, self.generator.manifest.pad_token_id))
             logits = self.runner.step(state, np.concatenate(
-                [r.search.next_tokens[::r.config.rows_per_input] for r in admitted]))
+                [r.search.next_tokens[::r.config.rows_per_input] for r in admitted]),
+                steps_left=max(r.config.new_token_budget for r in admitted))
         except Exception as exc:  # noqa: BLE001 - this request's failure, or find out whose one at a time
             if len(admitted) == 1:
                 return [admitted[0].fail(exc)], []

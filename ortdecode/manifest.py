@@ -99,6 +99,10 @@ class Manifest:
     quantization: str | None  # None or "int8-dynamic"
     opset: int
     encoder_length_multiple: int = 1  # LongT5: the encoder runs on whole attention blocks (inputs are padded)
+    # The with-past decoder writes each step's self-attention key and value into the past buffer it reads when
+    # that buffer is also bound as the present output; the buffer may then have more columns than the cache
+    # holds (the decoder attention mask, [rows, past + 1], says how many are cached). export/cache_in_place.py
+    self_cache_in_place: bool = False
     versions: dict = field(default_factory=dict)
     export_options: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)

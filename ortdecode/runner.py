@@ -145,6 +145,11 @@ class DecoderState:
     # `self_buffer` says which set holds `self_cache` now (None: neither, e.g. after a reorder or a join)
     self_buffers: list[list[np.ndarray] | None] = field(default_factory=lambda: [None, None])
     self_buffer: int | None = None
+    # CPU, graphs that write the self cache in place (`Runner.self_cache_in_place`): host arrays [row capacity,
+    # heads, column capacity, d_kv] whose first `rows` rows ARE `self_cache` (its first `past` columns hold the
+    # cache), and a second set that reorders (beam search) gather into, the two then swapping
+    self_store: list[np.ndarray] | None = None
+    spare_store: list[np.ndarray] | None = None
 
     @property
     def rows(self) -> int:
@@ -206,6 +211,10 @@ class Runner:
         self.cache_reorder = sessions[mf.CACHE_REORDER]
         # with-past: the encoder returns the cross cache, and the first step is a with-past step with no self cache
         self.encoder_gives_cross_cache = self.layout == "with-past"
+        # CPU: one buffer per cache tensor is bound as the step's past and present (export/cache_in_place.py), with
+        # room for the columns of the steps to come: no copy of the cache per step, no allocation per step
+        self.self_cache_in_place = manifest.self_cache_in_place and self.layout == "with-past" and \
+            self.device_type == "cpu"
         self._no_encoder_output: ort.OrtValue | None = None
         # Rows the CPU caches leave room for (the batch engine sets its max_batch_rows): joins then write the
         # newcomers' rows in place instead of rebuilding the batch's caches (0: exact-size caches).
@@ -406,9 +415,11 @@ class Runner:
         self.encoder.run_with_iobinding(binding)
         return binding.get_outputs()
 
-    def _bind_past(self, binding: ort.IOBinding, state: DecoderState) -> None:
-        """The self cache (empty before the first step) and the cross cache, as decoder inputs."""
-        self_cache = state.self_cache or [self._empty_past(state.rows)] * len(self._past_self)
+    def _bind_past(self, binding: ort.IOBinding, state: DecoderState,
+                   self_cache: list[ort.OrtValue] | None = None) -> None:
+        """The self cache (empty before the first step; `self_cache` given: those values) and the cross cache,
+        as decoder inputs."""
+        self_cache = self_cache or state.self_cache or [self._empty_past(state.rows)] * len(self._past_self)
         for name, value in zip(self._past_self, self_cache):
             if isinstance(value, np.ndarray):
                 binding.bind_cpu_input(name, value)
@@ -417,11 +428,13 @@ class Runner:
         for name, value in zip(self._past_cross, state.cross_cache):
             binding.bind_ortvalue_input(name, value)
 
-    def step(self, state: DecoderState, tokens: np.ndarray, spare_rows: int = 0) -> np.ndarray:
+    def step(self, state: DecoderState, tokens: np.ndarray, spare_rows: int = 0, steps_left: int | None = None) -> np.ndarray:
         """Feed one token per row (int64[rows]); return that step's logits, float32[rows, vocab]. The first
         step of a state runs the first-step graph, which also computes the cross-attention cache (in the
         with-past layout the encoder did, and the first step is a with-past step with an empty self cache).
-        spare_rows: rows about to join after this step; on CPU the new self cache leaves room for them."""
+        spare_rows: rows about to join after this step; on CPU the new self cache leaves room for them.
+        steps_left: at most how many steps (this one included) the state will run, when the caller knows:
+        a cache updated in place is then given room for them at once (`_store_columns`)."""
         n = self.names
         first = not state.self_cache
         computes_cross = first and not self.encoder_gives_cross_cache  # the first-step graph (or branch)
@@ -430,6 +443,7 @@ class Runner:
         binding = session.io_binding()
         binding.bind_cpu_input(n.decoder_input_ids, np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1))
         binding.bind_ortvalue_input(n.decoder_encoder_attention_mask, state.encoder_mask)
+        in_place = self._in_place_cache(state, spare_rows, steps_left) if self.self_cache_in_place else None
         decoder_mask = np.concatenate([state.decoder_mask, np.ones((state.rows, 1), np.int64)], axis=1)
         if self.has_decoder_mask:
             binding.bind_cpu_input(n.decoder_attention_mask, decoder_mask)
@@ -444,11 +458,15 @@ class Runner:
         else:
             if self.uses_merged:  # the with-past branch never reads it; the graph still takes one
                 binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, self._unused_encoder_output)
-            self._bind_past(binding, state)
+            self._bind_past(binding, state, in_place)
         binding.bind_output(n.logits, "cpu")
         self_room = room_values = None
         buffer = None
-        if spare_rows and not first and self.device_type == "cpu":
+        if in_place is not None:  # the same buffers are the present: the step writes its column into them
+            room_values = in_place
+            for name, value in zip(self._present_self, in_place):
+                binding.bind_ortvalue_output(name, value)
+        elif spare_rows and not first and self.device_type == "cpu":
             self_room = self._room(state.rows + spare_rows, state.past + 1)
             room_values = self._bind_outputs_in(binding, self._present_self, self_room, state.rows)
         elif self.device_type == "cpu":
@@ -498,7 +516,13 @@ class Runner:
             state.cross_cache = self._gather_rows(state.cross_cache, rows, state.cross_room)
             state.host_encoder_mask = state.host_encoder_mask[rows]
             state.encoder_mask = self._to_device(state.host_encoder_mask)
-        state.self_cache = self._gather_rows(state.self_cache, rows)
+        if state.self_store is None:
+            state.self_cache = self._gather_rows(state.self_cache, rows)
+        elif (np.diff(rows) > 0).all():  # rows kept in their order (requests leaving): the ones that shift move
+            _close_up(state.self_store, rows, state.past)
+            state.self_cache = [self._to_device(array[:len(rows)]) for array in state.self_store]
+        else:  # a reorder (beam search): into the spare store
+            self._reorder_stores(state, rows)
         state.self_room, state.self_buffer = None, None
         state.decoder_mask = state.decoder_mask[rows]
         state.sources = state.sources[rows]
@@ -526,7 +550,14 @@ class Runner:
                     for _ in values]
 
         decoder_mask, encoder_mask = np.zeros((total, past), np.int64), np.zeros((total, source_length), np.int64)
-        self_cache = blank(parts[0][0].self_cache, past, total)
+        self_store = None
+        if self.self_cache_in_place:  # a store with the columns the parts had room for (the steps they planned)
+            columns = max([past + _SELF_BUFFER_COLUMNS] + [state.self_store[0].shape[2] for state, _ in parts
+                                                             if state.self_store is not None])
+            self_store = blank(parts[0][0].self_cache, columns, max(total, self.row_capacity))
+            self_cache = [store[:total] for store in self_store]
+        else:
+            self_cache = blank(parts[0][0].self_cache, past, total)
         cross_room = blank(parts[0][0].cross_cache, source_length, self.row_capacity) \
             if self.device_type == "cpu" and self.row_capacity > total else None
         cross_cache = [room[:total] for room in cross_room] if cross_room else blank(parts[0][0].cross_cache,
@@ -537,8 +568,8 @@ class Runner:
             picked = _as_slice(rows)  # a run of rows in order: read in place, no gathered copy
             kept = min(past, state.past)  # the last `kept` columns, right-aligned: left padding
             decoder_mask[offset:end, past - kept:] = state.decoder_mask[rows, state.past - kept:]
-            for out, value in zip(self_cache, state.self_cache):
-                out[offset:end, :, past - kept:] = value.numpy()[picked, :, state.past - kept:]  # CPU: a view
+            for out, value in zip(self_cache, state.self_cache):  # CPU: a view
+                out[offset:end, :, past - kept:past] = value.numpy()[picked, :, state.past - kept:state.past]
             width = min(source_length, state.host_encoder_mask.shape[1])  # the first `width` columns
             encoder_mask[offset:end, :width] = state.host_encoder_mask[rows, :width]
             for out, value in zip(cross_cache, state.cross_cache):
@@ -551,7 +582,8 @@ class Runner:
         return DecoderState(encoder_hidden=None, encoder_mask=self._to_device(encoder_mask),
                             host_encoder_mask=encoder_mask, sources=np.concatenate(sources), decoder_mask=decoder_mask,
                             self_cache=[self._to_device(v) for v in self_cache],
-                            cross_cache=[self._to_device(v) for v in cross_cache], cross_room=cross_room)
+                            cross_cache=[self._to_device(v) for v in cross_cache], cross_room=cross_room,
+                            self_store=self_store)
 
     def _append_in_place(self, parts: list[tuple[DecoderState, np.ndarray]]) -> DecoderState | None:
         """`join`'s common case on CPU: newcomers appended to a running batch that keeps all its rows in place,
@@ -561,15 +593,16 @@ class Runner:
             return None
         (batch, kept), (new, rows) = parts
         n, k, past, source_length = batch.rows, len(rows), batch.past, batch.host_encoder_mask.shape[1]
-        if batch.self_room is None or batch.cross_room is None or len(batch.self_room[0]) < n + k or \
+        self_room = batch.self_store if batch.self_store is not None else batch.self_room
+        if self_room is None or batch.cross_room is None or len(self_room[0]) < n + k or \
                 len(batch.cross_room[0]) < n + k or not np.array_equal(kept, np.arange(n)) or new.past > past:
             return None
         _, width = _used_lengths(new.decoder_mask[rows], new.host_encoder_mask[rows])
         if width > source_length:
             return None
-        for room, value in zip(batch.self_room, new.self_cache):  # left-padded to the batch's past
+        for room, value in zip(self_room, new.self_cache):  # left-padded to the batch's past
             room[n:n + k, :, :past - new.past] = 0
-            room[n:n + k, :, past - new.past:] = value.numpy()[rows]
+            room[n:n + k, :, past - new.past:past] = value.numpy()[rows, :, :new.past]
         for room, value in zip(batch.cross_room, new.cross_cache):  # right-padded to the batch's source
             room[n:n + k, :, :width] = value.numpy()[rows, :, :width]
             room[n:n + k, :, width:] = 0
@@ -580,9 +613,9 @@ class Runner:
         sources = np.concatenate([batch.sources, new.sources[rows] + batch.sources.max() + 1 - new.sources.min()])
         return DecoderState(encoder_hidden=None, encoder_mask=self._to_device(encoder_mask),
                             host_encoder_mask=encoder_mask, sources=sources, decoder_mask=decoder_mask,
-                            self_cache=[self._to_device(room[:n + k]) for room in batch.self_room],
+                            self_cache=[self._to_device(room[:n + k]) for room in self_room],
                             cross_cache=[self._to_device(room[:n + k]) for room in batch.cross_room],
-                            cross_room=batch.cross_room)
+                            cross_room=batch.cross_room, self_store=batch.self_store, spare_store=batch.spare_store)
 
     def _gather_rows(self, values: list[ort.OrtValue], rows: np.ndarray,
                      room: list[np.ndarray] | None = None) -> list[ort.OrtValue]:
@@ -599,6 +632,51 @@ class Runner:
         gathered = self._bind_outputs_in(binding, self._reorder_out, room, len(rows))
         self.cache_reorder.run_with_iobinding(binding)
         return gathered
+
+    def _in_place_cache(self, state: DecoderState, spare_rows: int, steps_left: int | None) -> list[ort.OrtValue]:
+        """The self cache as a step of a graph that updates it in place reads and writes it: the first `rows`
+        rows of the state's store. A store without a column for this step, or without rows for `spare_rows`
+        newcomers, is replaced by a larger one (the cached columns copied over)."""
+        rows, past = state.rows, state.past
+        store = state.self_store
+        if store is None or len(store[0]) < rows + spare_rows or store[0].shape[2] < past + 1:
+            # a first step's rows usually join a batch (copied into its store): no room for more rows yet
+            capacity = rows + spare_rows if not past else max(rows + spare_rows, self.row_capacity)
+            larger = self._room(capacity, self._store_columns(past, rows + spare_rows, steps_left))
+            for target, value in zip(larger, state.self_cache):
+                target[:rows, :, :past] = value.numpy()[:, :, :past]
+            state.self_store, state.spare_store = larger, None
+        return [self._to_device(array[:rows]) for array in state.self_store]
+
+    def _reorder_stores(self, state: DecoderState, rows: np.ndarray) -> None:
+        """Beam search's reorder of a cache updated in place, which comes at every step. The reorder graph copies
+        whole rows, spare columns included: when the store has at most `_REORDER_COLUMNS` more columns than the
+        cache (and one for the next step), it gathers into the spare store of the same shape and the two swap;
+        otherwise the cached columns are gathered on the host into a new store of `_REORDER_COLUMNS` more."""
+        past, columns = state.past, state.self_store[0].shape[2]
+        capacity = max(len(rows), self.row_capacity)
+        if past < columns <= past + _REORDER_COLUMNS:
+            spare = state.spare_store
+            if spare is None or len(spare[0]) < len(rows) or spare[0].shape[2] != columns:
+                state.spare_store = spare = None  # freed before the new one is made
+                spare = self._room(capacity, columns)
+            state.self_cache = self._gather_rows(state.self_cache, rows, spare)
+            state.self_store, state.spare_store = spare, state.self_store
+            return
+        state.spare_store = None
+        store = self._room(capacity, past + _REORDER_COLUMNS)
+        for target, source in zip(store, state.self_store):
+            target[:len(rows), :, :past] = source[rows, :, :past]
+        state.self_store = store
+        state.self_cache = [self._to_device(array[:len(rows)]) for array in store]
+
+    def _store_columns(self, past: int, rows: int, steps_left: int | None) -> int:
+        """Columns of a new in-place store: room for every step still to come, while the store stays within
+        `_STORE_BYTES` or at most twice the cache; else `_SELF_BUFFER_COLUMNS` more than the cache needs."""
+        wanted = past + max(1, steps_left if steps_left is not None else _SELF_BUFFER_COLUMNS)
+        column_bytes = rows * self.manifest.num_heads * self.manifest.d_kv * np.dtype(self.float_type).itemsize * \
+            len(self._present_self)
+        return min(wanted, max(past + _SELF_BUFFER_COLUMNS, 2 * past, _STORE_BYTES // max(column_bytes, 1)))
 
     def _spare_self_buffer(self, state: DecoderState) -> tuple[int, list[np.ndarray]]:
         """The buffer set that does not hold the state's self cache, as [rows, heads, past + 1, d_kv] arrays
@@ -655,8 +733,13 @@ class Runner:
         return logits if logits.dtype == np.float32 else logits.astype(np.float32)
 
 
-# How many more self-cache columns a new pair of CPU buffers has room for (`Runner._spare_self_buffer`)
+# How many more self-cache columns a new pair of CPU buffers has room for (`Runner._spare_self_buffer`), and a
+# new in-place store at least (`Runner._store_columns`)
 _SELF_BUFFER_COLUMNS = 16
+# How large an in-place store may be made to hold every step still to come at once (else it grows as it goes)
+_STORE_BYTES = 64 << 20
+# How many columns a reordered in-place store keeps beyond the cache (every reorder copies them too)
+_REORDER_COLUMNS = 16
 
 # What one more encoder call costs, in padded token positions computed (session run, thread wake-up, smaller
 # GEMMs); the inputs are split only when the padding saved is worth more (`length_groups`).
@@ -690,6 +773,17 @@ def length_groups(lengths: np.ndarray, multiple: int = 1,
         return None
     bounds = [0, *best_cuts, count]
     return [(np.sort(order[start:end]), int(padded[end - 1])) for start, end in zip(bounds, bounds[1:])]
+
+
+def _close_up(arrays: list[np.ndarray], rows: np.ndarray, past: int) -> None:
+    """arrays[i][:len(rows)] = arrays[i][rows] for rows in increasing order (rows leaving), in place: only the
+    rows that shift move, run by run, and only their first `past` columns (the rest of a store is unused)."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for start, end in zip([0, *breaks], [*breaks, len(rows)] if len(rows) else []):
+        source = int(rows[start])
+        if source != start:  # moves down: an overlapping copy, which NumPy buffers
+            for array in arrays:
+                array[start:end, :, :past] = array[source:source + end - start, :, :past]
 
 
 def _used_lengths_per_row(mask: np.ndarray) -> np.ndarray:

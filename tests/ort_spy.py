@@ -101,8 +101,11 @@ def follow_the_cache(spy: Spy, manifest) -> dict[str, int]:
             if name in latest:
                 assert run.inputs.get(name) == latest[name], \
                     f"run {index} ({run.graph}): {name} is not the buffer the previous step or the reorder produced"
-            elif name in run.inputs:  # the merged graph's first step: an empty past from the host
-                assert run.inputs[name][0] == "host" and run.inputs[name][1][2] == 0, (index, name)
+            elif name in run.inputs:  # a first step: an empty past from the host, or (a cache updated in
+                # place) the buffer the step writes its present into
+                bound_to = run.inputs[name]
+                assert bound_to == run.outputs.get(present[past.index(name)]) or \
+                    (bound_to[0] == "host" and bound_to[1][2] == 0), (index, name)
         for past_name, present_name in zip(past, present):
             if present_name in run.outputs:
                 latest[past_name] = run.outputs[present_name]

@@ -54,9 +54,11 @@ def test_every_attention_block_of_the_default_export_is_fused_and_recorded(with_
     manifest = json.loads((with_past_export / "ortdecode.json").read_text())
     blocks = 2 * manifest["num_decoder_layers"]  # a self- and a cross-attention block per decoder layer
     assert manifest["export_options"]["attention_fusion"] == (
-        f"{DECODER}: {blocks} of {blocks} attention blocks fused into com.microsoft.MultiHeadAttention")
+        f"{DECODER}: {blocks} of {blocks} attention blocks fused into com.microsoft.MultiHeadAttention, "
+        f"{blocks // 2} self-attention blocks of them updating their cache in place (com.microsoft.GroupQueryAttention)")
     graph_ops = ops(with_past_export / DECODER)
-    assert graph_ops.count("MultiHeadAttention") == blocks and "Softmax" not in graph_ops
+    assert graph_ops.count("MultiHeadAttention") == graph_ops.count("GroupQueryAttention") == blocks // 2
+    assert "Softmax" not in graph_ops and manifest["self_cache_in_place"] is True
     assert manifest["validation"]["passed"] is True
 
 
@@ -93,18 +95,28 @@ def decoder_feeds(reference: ort.InferenceSession, rows: int, past: int, new: in
     return feeds
 
 
-@pytest.mark.parametrize("export", ["float32", "int8"])
-@pytest.mark.parametrize("rows, past, new", [(1, 0, 1), (3, 0, 1), (3, 5, 1), (3, 5, 4), (2, 0, 4)],
-                         ids=["first-step", "first-step-batch", "left-padded-rows", "left-padded-rows-4-new",
-                              "whole-target"])
-def test_fused_decoder_computes_what_optimums_graph_computes(request, export, tmp_path, rows, past, new):
-    unfused_export = request.getfixturevalue({"float32": "unfused_export", "int8": "unfused_int8_export"}[export])
+def fused_copy(unfused_export, folder, in_place: bool):
+    """The unfused export's with-past decoder, fused in `folder` (with its cache updated in place or not)."""
     for file in unfused_export.glob(DECODER + "*"):  # the graph and its weights file
-        shutil.copy(file, tmp_path / file.name)
+        shutil.copy(file, folder / file.name)
     num_heads = json.loads((unfused_export / "ortdecode.json").read_text())["num_heads"]
-    report = fuse_attention_file(tmp_path / DECODER, num_heads=num_heads)
-    assert report.fused == report.blocks > 0
-    reference, fused = session(unfused_export / DECODER), session(tmp_path / DECODER)
+    report = fuse_attention_file(folder / DECODER, num_heads=num_heads, cache_in_place=in_place)
+    assert report.fused == report.blocks > 0 and report.in_place == (report.blocks // 2 if in_place else 0)
+    return folder / DECODER
+
+
+# GroupQueryAttention takes several new tokens after a past only in a batch of one row: ortdecode's steps
+# feed one token per row after a past, and several (`score`) only without one.
+@pytest.mark.parametrize("export", ["float32", "int8"])
+@pytest.mark.parametrize("rows, past, new, in_place", [
+    (1, 0, 1, True), (3, 0, 1, True), (3, 5, 1, True), (3, 5, 1, False), (3, 5, 4, False), (1, 5, 4, True),
+    (2, 0, 4, True), (2, 0, 4, False)],
+    ids=["first-step", "first-step-batch", "left-padded-rows", "left-padded-rows-mha", "left-padded-rows-4-new-mha",
+         "one-row-4-new", "whole-target", "whole-target-mha"])
+def test_fused_decoder_computes_what_optimums_graph_computes(request, export, tmp_path, rows, past, new, in_place):
+    unfused_export = request.getfixturevalue({"float32": "unfused_export", "int8": "unfused_int8_export"}[export])
+    fused_graph = fused_copy(unfused_export, tmp_path, in_place)
+    reference, fused = session(unfused_export / DECODER), session(fused_graph)
     feeds = decoder_feeds(reference, rows, past, new, np.random.default_rng(rows * 10 + past))
     expected, got = reference.run(None, feeds), fused.run(None, feeds)
     names = [o.name for o in reference.get_outputs()]
@@ -112,6 +124,65 @@ def test_fused_decoder_computes_what_optimums_graph_computes(request, export, tm
     for name, want, have in zip(names, expected, got):
         assert have.shape == want.shape, name
         np.testing.assert_allclose(have, want, atol=1e-5, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("export", ["float32", "int8"])
+@pytest.mark.parametrize("rows, past", [(1, 0), (3, 5)])
+def test_a_cache_buffer_with_room_is_updated_in_place_as_the_exact_cache_is_extended(request, export, tmp_path,
+                                                                                      rows, past):
+    """One buffer per cache tensor bound as past and present, with 7 columns more than the cache (holding
+    leftovers): the logits are the unfused graph's, the step's key and value land in column `past`, and
+    nothing else in the buffer changes."""
+    unfused_export = request.getfixturevalue({"float32": "unfused_export", "int8": "unfused_int8_export"}[export])
+    fused = session(fused_copy(unfused_export, tmp_path, in_place=True))
+    reference = session(unfused_export / DECODER)
+    rng = np.random.default_rng(rows + past)
+    feeds = decoder_feeds(reference, rows, past, 1, rng)
+    expected = dict(zip([o.name for o in reference.get_outputs()], reference.run(None, feeds)))
+    binding = fused.io_binding()
+    buffers = {}
+    for name, value in feeds.items():
+        if ".decoder." in name:  # the cache, then leftovers in the columns it does not hold yet
+            rows_, heads, _, d_kv = value.shape
+            buffer = rng.standard_normal((rows_, heads, past + 7, d_kv)).astype(np.float32)
+            buffer[:, :, :past] = value
+            buffers[name] = (buffer, buffer.copy())
+            shared = ort.OrtValue.ortvalue_from_numpy(buffer)
+            binding.bind_ortvalue_input(name, shared)
+            binding.bind_ortvalue_output(name.replace("past_key_values", "present"), shared)
+        else:
+            binding.bind_cpu_input(name, value)
+    binding.bind_output("logits", "cpu")
+    fused.run_with_iobinding(binding)
+    np.testing.assert_allclose(binding.get_outputs()[-1].numpy(), expected["logits"], atol=1e-5, rtol=0)
+    for name, (buffer, before) in buffers.items():
+        present = expected[name.replace("past_key_values", "present")]
+        np.testing.assert_allclose(buffer[:, :, :past + 1], present, atol=1e-5, rtol=0, err_msg=name)
+        np.testing.assert_array_equal(buffer[:, :, :past], before[:, :, :past])
+        np.testing.assert_array_equal(buffer[:, :, past + 1:], before[:, :, past + 1:])
+
+
+def test_the_cache_is_updated_in_place_only_when_d_kv_is_a_multiple_of_8():
+    """GroupQueryAttention's kernels take head sizes in multiples of 8: other blocks keep MultiHeadAttention."""
+    from ortdecode_export.cache_in_place import update_cache_in_place
+
+    for d_kv in (4, 8):
+        past_key = helper.make_tensor_value_info("past_key", TensorProto.FLOAT, ["rows", 2, "past", d_kv])
+        past_value = helper.make_tensor_value_info("past_value", TensorProto.FLOAT, ["rows", 2, "past", d_kv])
+        mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["rows", "total"])
+        tokens = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["rows", 1])
+        q = helper.make_tensor_value_info("q", TensorProto.FLOAT, ["rows", 1, 2 * d_kv])
+        bias = helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["rows", 2, 1, "total"])
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["rows", 1, 2 * d_kv])
+        node = helper.make_node("MultiHeadAttention", ["q", "q", "q", "", "", "bias", "past_key", "past_value"],
+                                ["out", "present_key", "present_value"], domain="com.microsoft", num_heads=2,
+                                scale=1.0)
+        present = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["rows", 2, "total", d_kv])
+                   for n in ("present_key", "present_value")]
+        model = helper.make_model(helper.make_graph([node], "g", [q, bias, mask, tokens, past_key, past_value],
+                                                    [out, *present]),
+                                  opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+        assert update_cache_in_place(model) == (1 if d_kv == 8 else 0)
 
 
 def hand_built_attention(scaled: bool) -> onnx.ModelProto:

@@ -69,9 +69,11 @@ def test_int8_export_is_smaller_recorded_and_still_correct(tmp_path, default_mod
     assert int8.validation["passed"] is None and int8.validation["max_abs_diff"] > 0  # measured, not judged
     nodes = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "decoder_with_past_model.onnx")).graph.node}
     assert nodes & {"MatMulInteger", "DynamicQuantizeMatMul"}
-    assert "MultiHeadAttention" in nodes and "Softmax" not in nodes  # fused after quantizing (attention_fusion)
-    assert int8.export_options["attention_fusion"].endswith(": 6 of 6 attention blocks fused into "
-                                                            "com.microsoft.MultiHeadAttention")
+    # fused after quantizing (attention_fusion), the self cache updated in place (cache_in_place)
+    assert {"MultiHeadAttention", "GroupQueryAttention"} <= nodes and "Softmax" not in nodes
+    assert int8.export_options["attention_fusion"].endswith(
+        ": 6 of 6 attention blocks fused into com.microsoft.MultiHeadAttention, 3 self-attention blocks of them "
+        "updating their cache in place (com.microsoft.GroupQueryAttention)") and int8.self_cache_in_place
     def size(manifest, folder):  # the graph and its external data (int8 exports default to the with-past layout)
         graph = manifest.graphs["decoder_with_past"]
         return sum((folder / name).stat().st_size for name in [graph.file, *graph.external_data])

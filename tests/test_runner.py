@@ -30,7 +30,10 @@ def test_cache_lives_in_ortvalues_with_the_manifest_shapes(generator):
     m = generator.manifest
     assert len(state.self_cache) == len(state.cross_cache) == 2 * m.num_decoder_layers
     assert all(isinstance(v, ort.OrtValue) for v in state.self_cache + state.cross_cache)
-    assert state.self_cache[0].shape() == [len(ids), m.num_heads, 2, m.d_kv]
+    rows, heads, columns, d_kv = state.self_cache[0].shape()
+    assert [rows, heads, d_kv] == [len(ids), m.num_heads, m.d_kv] and state.past == 2
+    # exactly the cached columns, or (a graph updating its cache in place) a buffer with room for more
+    assert columns == 2 or (generator.runner.self_cache_in_place and columns > 2)
     assert state.cross_cache[0].shape() == [len(ids), m.num_heads, ids.shape[1], m.d_kv]
 
 
@@ -130,13 +133,13 @@ def test_layout_missing_from_the_export_is_a_clear_error(tmp_path, tiny_v1):
         ortdecode.load(copy, decoder_layout="merged")
 
 
-@pytest.mark.parametrize("layout", ["split", "merged"])
+@pytest.mark.parametrize("layout", ["split", "merged", "with-past"])
 def test_one_first_step_widened_by_select_decodes_like_repeated_inputs(tiny_v1, layout):
     generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
     ids, mask = encode(generator, TEXTS[:3])
     shared = generator.runner.encode(ids, mask)
     repeated = generator.runner.encode(np.repeat(ids, 4, axis=0), np.repeat(mask, 4, axis=0))
-    assert shared.encoder_hidden.shape()[0] == 3  # the encoder runs once per input
+    assert (shared.encoder_hidden or shared.cross_cache[0]).shape()[0] == 3  # the encoder runs once per input
     first = generator.runner.step(shared, np.zeros(3, np.int64))
     generator.runner.select(shared, np.repeat(np.arange(3), 4))
     assert shared.rows == repeated.rows == 12
@@ -155,7 +158,7 @@ def decode_alone(runner, ids, mask, tokens):
     return [runner.step(state, np.array([t])).copy() for t in tokens]
 
 
-@pytest.mark.parametrize("layout", ["split", "merged"])
+@pytest.mark.parametrize("layout", ["split", "merged", "with-past"])
 def test_rows_joined_at_different_steps_decode_as_alone(tiny_v1, layout):
     """Row r joins the running batch at step r (self cache left-padded) and leaves after its last token."""
     from ortdecode_export.validate import joined_batch_max_abs_diff
@@ -217,11 +220,15 @@ def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, la
     reorders = counts.get(m.graphs["cache_reorder"].file, 0)
     if num_beams == 1:
         assert reorders == 0
-        # the self cache alternates between two buffers the runner made (past read from one, present written
-        # into the other): no allocation per step
         key = m.layers[0].present_self_key
         written = [run.outputs[key] for run in spy.runs if key in run.outputs]
-        assert len(written) == steps and len(set(written)) == 2 and written[0::2] == [written[0]] * len(written[0::2])
+        if generator.runner.self_cache_in_place:  # one buffer, read as past and written as present by every step
+            read = [run.inputs[m.layers[0].past_self_key] for run in spy.runs if key in run.outputs]
+            assert len(written) == steps and len(set(written)) == 1 and read == written
+        else:  # the self cache alternates between two buffers the runner made (past read from one, present
+            # written into the other): no allocation per step
+            assert len(written) == steps and len(set(written)) == 2 and \
+                written[0::2] == [written[0]] * len(written[0::2])
     else:  # the first step's caches widened to the beams (self + cross), then one reorder per later step
         assert reorders >= 2 + 3, counts
 
@@ -273,3 +280,67 @@ def test_inputs_of_very_different_lengths_are_encoded_in_groups_and_decode_as_al
     for row, text in enumerate(texts):
         alone = generator.generate(text, max_new_tokens=8, num_beams=2)
         np.testing.assert_array_equal(batch.sequences[row][:alone.sequences.shape[1]], alone.sequences[0])
+
+
+# ---------------------------------------------------------------- a self cache updated in place (CPU, with-past)
+def test_a_cache_updated_in_place_grows_in_steps_and_decodes_like_the_split_layout(tiny_v1):
+    """Without `steps_left` a store has room for 16 more columns: 40 steps make three stores, each written in
+    place step after step, and the logits are the split layout's (exact past and present) at every step."""
+    in_place = ortdecode.load(tiny_v1.export, provider="cpu").runner
+    split = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout="split").runner
+    assert in_place.self_cache_in_place and not split.self_cache_in_place
+    ids, mask = encode(ortdecode.load(tiny_v1.export, provider="cpu"), TEXTS[:3])
+    states = [in_place.encode(ids, mask), split.encode(ids, mask)]
+    stores, tokens = [], np.zeros(3, np.int64)
+    for step in range(40):
+        a, b = in_place.step(states[0], tokens), split.step(states[1], tokens)
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"step {step}")
+        stores.append((states[0].self_store[0].ctypes.data, states[0].self_store[0].shape[2]))
+        assert states[0].self_cache[0].data_ptr() == states[0].self_store[0].ctypes.data
+        tokens = (tokens * 7 + step + 3) % 100
+    assert [columns for _, columns in dict.fromkeys(stores)] == [16, 32, 48]
+
+
+def test_a_store_planned_for_every_step_is_made_once(generator):
+    runner = generator.runner
+    state = runner.encode(*encode(generator, TEXTS[:2]))
+    for step in range(12):
+        runner.step(state, np.full(2, step, np.int64), steps_left=12 - step)
+        assert state.self_store[0].shape[2] == 12  # room for the 12 steps, no more, from the first
+    runner.step(state, np.zeros(2, np.int64), steps_left=1)  # one step more than planned: a larger store
+    assert state.past == 13 and state.self_store[0].shape[2] >= 13
+
+
+@pytest.mark.parametrize("planned", [None, 40], ids=["tight-store", "store-with-many-spare-columns"])
+def test_beam_reorders_of_a_cache_updated_in_place_decode_like_the_split_layout(tiny_v1, planned):
+    """A reorder gathers a store with few spare columns in the reorder graph (into the spare store), and one with
+    many on the host (only the cached columns, into a store with 16 spare columns)."""
+    in_place = ortdecode.load(tiny_v1.export, provider="cpu").runner
+    split = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout="split").runner
+    ids, mask = encode(ortdecode.load(tiny_v1.export, provider="cpu"), TEXTS[:2])
+    states = [in_place.encode(ids, mask), split.encode(ids, mask)]
+    rng = np.random.default_rng(0)
+    tokens = np.zeros(2, np.int64)
+    for step in range(20):
+        a = in_place.step(states[0], tokens, steps_left=None if planned is None else planned - step)
+        np.testing.assert_allclose(a, split.step(states[1], tokens), atol=1e-5, err_msg=f"step {step}")
+        rows = np.sort(rng.integers(0, states[0].rows, 4)) if step else np.repeat(np.arange(2), 2)
+        for runner, state in zip((in_place, split), states):
+            runner.select(state, rows)
+        columns = states[0].self_store[0].shape[2]
+        assert states[0].past < columns <= states[0].past + 16  # room for the next step, few spare columns
+        tokens = rng.integers(2, 100, 4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_rows_leaving_a_store_close_up_as_indexing_would_keep_them(data):
+    from ortdecode.runner import _close_up
+
+    rows, past = data.draw(st.integers(1, 12)), data.draw(st.integers(0, 5))
+    kept = np.array(sorted(data.draw(st.sets(st.integers(0, rows - 1), max_size=rows))), dtype=np.int64)
+    arrays = [np.random.default_rng(rows).standard_normal((rows, 2, 6, 3)).astype(np.float32) for _ in range(2)]
+    expected = [array[kept, :, :past].copy() for array in arrays]
+    _close_up(arrays, kept, past)
+    for array, want in zip(arrays, expected):
+        np.testing.assert_array_equal(array[:len(kept), :, :past], want)
