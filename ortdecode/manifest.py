@@ -240,12 +240,12 @@ def _check_shape_fields(path: Path, manifest: Manifest) -> None:
         raise ModelFolderError(f"{path}: special token ids {ids} have to lie in [0, vocab_size={manifest.vocab_size})")
 
 
-def external_data_of(folder: str | Path, graph_file: str) -> dict[str, Path]:
+def external_data_of(folder: str | Path, graph_file: str, names: Iterable[str] | None = None) -> dict[str, Path]:
     """The external-data files one graph reads (location as written -> path), each checked to lie inside
-    the folder and to exist."""
+    the folder and to exist. names: what the graph names, when known (else read from the graph)."""
     folder = Path(folder)
     paths = {name: file_in_folder(folder, name, f"external data named by {graph_file}")
-             for name in external_data_files(folder / graph_file)}
+             for name in (external_data_files(folder / graph_file) if names is None else names)}
     missing = [name for name, path in paths.items() if not path.is_file()]
     if missing:
         raise ModelFolderError(f"{folder}: {graph_file} names external data that is missing: {', '.join(missing)}")
@@ -285,10 +285,17 @@ def verify_checksums(folder: str | Path, manifest: Manifest | None = None, roles
     bad = []
     for role in (roles if roles is not None else manifest.graphs):
         graph = manifest.graphs[role]
-        if not matches(folder / graph.file, graph.sha256):
-            bad.append(graph.file)
-            continue
-        named = external_data_of(folder, graph.file)
+        path = folder / graph.file
+        names = verified.external_data(path, graph.sha256) if verified is not None else None
+        if names is None:  # hash the graph; remembered with the names it gives once they are the manifest's
+            signature = file_signature(path)
+            if sha256_of(path) != graph.sha256:
+                bad.append(graph.file)
+                continue
+            names = external_data_files(path)
+            if verified is not None and set(names) == set(graph.external_data):
+                verified.remember(path, graph.sha256, signature, names)
+        named = external_data_of(folder, graph.file, names)
         if set(named) != set(graph.external_data):
             raise ModelFolderError(f"{folder}: {graph.file} names external data {sorted(named) or 'none'}, but "
                                    f"{MANIFEST_FILE} lists {sorted(graph.external_data) or 'none'}")

@@ -163,9 +163,12 @@ class DecoderState:
 class Runner:
     def __init__(self, folder: str | Path, manifest: mf.Manifest, provider: str = "auto", threads: int | None = None,
                  decoder_layout: str = "auto", session_options: ort.SessionOptions | None = None,
-                 share_weights: bool = False):
+                 share_weights: bool = False, external_data_checked: bool = False):
+        """external_data_checked: `verify_checksums` found that each graph names the external data the manifest
+        lists (then the manifest's list is checked to lie inside the folder, instead of the graph read again)."""
         self.folder = Path(folder)
         self.manifest = manifest
+        self._external_data_checked = external_data_checked
         self.names = manifest.names
         self.float_type = _FLOAT_TYPES[manifest.dtype]
         self.layout = resolve_decoder_layout(folder, manifest, decoder_layout)
@@ -300,7 +303,8 @@ class Runner:
         Runtime printing a banner on stdout and going on with the CPU provider."""
         graph = self.manifest.graphs[role]
         path = self.folder / graph.file
-        mf.external_data_of(self.folder, graph.file)  # refuse weights outside the folder before ONNX Runtime reads them
+        # refuse weights outside the folder before ONNX Runtime reads them
+        mf.external_data_of(self.folder, graph.file, graph.external_data if self._external_data_checked else None)
         try:
             return ort.InferenceSession(str(path), options or self.options,
                                         providers=self._providers_for(provider or self.provider),
