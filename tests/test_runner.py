@@ -234,20 +234,34 @@ def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, la
 
 
 @settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=64), multiple=st.sampled_from([1, 16]))
-def test_length_groups_partition_the_rows_and_cost_less_than_one_call(lengths, multiple):
+@given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=64), multiple=st.sampled_from([1, 16]),
+       copy_cost=st.sampled_from([0.0, 0.04, 0.17]))
+def test_length_groups_partition_the_rows_and_cost_less_than_one_call(lengths, multiple, copy_cost):
     from ortdecode.runner import _ENCODER_CALL_COST, length_groups
 
     lengths = np.array(lengths)
-    one_call = len(lengths) * int(-(-max(lengths.max(), 1) // multiple) * multiple) + _ENCODER_CALL_COST
-    groups = length_groups(lengths, multiple)
+    width_of_all = int(-(-max(lengths.max(), 1) // multiple) * multiple)
+    one_call = len(lengths) * width_of_all + _ENCODER_CALL_COST
+    groups = length_groups(lengths, multiple, copy_cost=copy_cost)
     if groups is None:
         return
     rows = np.concatenate([r for r, _ in groups])
     assert sorted(rows.tolist()) == list(range(len(lengths))) and len(groups) > 1
     for group_rows, width in groups:
         assert (lengths[group_rows] <= width).all() and width % multiple == 0 and width >= 1
-    assert sum(len(r) * width + _ENCODER_CALL_COST for r, width in groups) < one_call
+    copying = copy_cost * len(lengths) * width_of_all  # the groups' outputs put back together
+    assert sum(len(r) * width + _ENCODER_CALL_COST for r, width in groups) + copying < one_call
+
+
+def test_int8_encoders_keep_inputs_of_similar_lengths_in_one_call_where_float32_ones_split_them():
+    """Putting the groups' outputs together costs more, next to an int8 encoder's cheaper positions."""
+    from ortdecode.runner import _ENCODER_COPY_COST, length_groups
+
+    similar = np.random.default_rng(0).integers(16, 49, 32)  # the benchmark's inputs
+    assert length_groups(similar, copy_cost=_ENCODER_COPY_COST[None]) is not None
+    assert length_groups(similar, copy_cost=_ENCODER_COPY_COST["int8-dynamic"]) is None
+    mixed = np.r_[np.full(16, 8), np.full(16, 200)]  # very different lengths: split either way
+    assert length_groups(mixed, copy_cost=_ENCODER_COPY_COST["int8-dynamic"]) is not None
 
 
 @pytest.mark.parametrize("layout", ["with-past", "split"])  # the encoder returns the cross cache / hidden states
