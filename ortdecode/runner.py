@@ -147,9 +147,8 @@ class DecoderState:
     self_buffer: int | None = None
     # CPU, graphs that write the self cache in place (`Runner.self_cache_in_place`): host arrays [row capacity,
     # heads, column capacity, d_kv] whose first `rows` rows ARE `self_cache` (its first `past` columns hold the
-    # cache), and a second set that reorders (beam search) gather into, the two then swapping
+    # cache)
     self_store: list[np.ndarray] | None = None
-    spare_store: list[np.ndarray] | None = None
 
     @property
     def rows(self) -> int:
@@ -169,6 +168,7 @@ class Runner:
         self.folder = Path(folder)
         self.manifest = manifest
         self._external_data_checked = external_data_checked
+        self._copy_threads: ThreadPoolExecutor | None = None  # moves rows within in-place caches (`_reorder_store`)
         self.names = manifest.names
         self.float_type = _FLOAT_TYPES[manifest.dtype]
         self.layout = resolve_decoder_layout(folder, manifest, decoder_layout)
@@ -524,11 +524,8 @@ class Runner:
             state.encoder_mask = self._to_device(state.host_encoder_mask)
         if state.self_store is None:
             state.self_cache = self._gather_rows(state.self_cache, rows)
-        elif (np.diff(rows) > 0).all():  # rows kept in their order (requests leaving): the ones that shift move
-            _close_up(state.self_store, rows, state.past)
-            state.self_cache = [self._to_device(array[:len(rows)]) for array in state.self_store]
-        else:  # a reorder (beam search): into the spare store
-            self._reorder_stores(state, rows)
+        else:  # rows leaving, beams reordered: within the store
+            self._reorder_store(state, rows)
         state.self_room, state.self_buffer = None, None
         state.decoder_mask = state.decoder_mask[rows]
         state.sources = state.sources[rows]
@@ -621,7 +618,7 @@ class Runner:
                             host_encoder_mask=encoder_mask, sources=sources, decoder_mask=decoder_mask,
                             self_cache=[self._to_device(room[:n + k]) for room in self_room],
                             cross_cache=[self._to_device(room[:n + k]) for room in batch.cross_room],
-                            cross_room=batch.cross_room, self_store=batch.self_store, spare_store=batch.spare_store)
+                            cross_room=batch.cross_room, self_store=batch.self_store)
 
     def _gather_rows(self, values: list[ort.OrtValue], rows: np.ndarray,
                      room: list[np.ndarray] | None = None) -> list[ort.OrtValue]:
@@ -651,30 +648,26 @@ class Runner:
             larger = self._room(capacity, self._store_columns(past, rows + spare_rows, steps_left))
             for target, value in zip(larger, state.self_cache):
                 target[:rows, :, :past] = value.numpy()[:, :, :past]
-            state.self_store, state.spare_store = larger, None
+            state.self_store = larger
         return [self._to_device(array[:rows]) for array in state.self_store]
 
-    def _reorder_stores(self, state: DecoderState, rows: np.ndarray) -> None:
-        """Beam search's reorder of a cache updated in place, which comes at every step. The reorder graph copies
-        whole rows, spare columns included: when the store has at most `_REORDER_COLUMNS` more columns than the
-        cache (and one for the next step), it gathers into the spare store of the same shape and the two swap;
-        otherwise the cached columns are gathered on the host into a new store of `_REORDER_COLUMNS` more."""
-        past, columns = state.past, state.self_store[0].shape[2]
-        capacity = max(len(rows), self.row_capacity)
-        if past < columns <= past + _REORDER_COLUMNS:
-            spare = state.spare_store
-            if spare is None or len(spare[0]) < len(rows) or spare[0].shape[2] != columns:
-                state.spare_store = spare = None  # freed before the new one is made
-                spare = self._room(capacity, columns)
-            state.self_cache = self._gather_rows(state.self_cache, rows, spare)
-            state.self_store, state.spare_store = spare, state.self_store
-            return
-        state.spare_store = None
-        store = self._room(capacity, past + _REORDER_COLUMNS)
-        for target, source in zip(store, state.self_store):
-            target[:len(rows), :, :past] = source[rows, :, :past]
-        state.self_store = store
-        state.self_cache = [self._to_device(array[:len(rows)]) for array in store]
+    def _reorder_store(self, state: DecoderState, rows: np.ndarray) -> None:
+        """Rows leaving and beams reordered (at every step of beam search) within a cache updated in place: only
+        the rows whose content comes from another row are copied, and only their cached columns. Measured on
+        t5-small's shape, beam 4: 71% of the rows keep their own beam from step to step; 128 rows x 32 cached
+        steps took 2.0 ms this way (2 threads) where the reorder graph's copy of every row took 3.4 ms and more.
+        A store without room for the rows (a first step widened to its beams) is replaced by a larger one."""
+        past, count = state.past, len(rows)
+        if len(state.self_store[0]) < count:
+            larger = self._room(max(count, self.row_capacity), state.self_store[0].shape[2])
+            for target, source in zip(larger, state.self_store):
+                target[:count, :, :past] = source[rows, :, :past]
+            state.self_store = larger
+        else:
+            if self._copy_threads is None:
+                self._copy_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ortdecode-cache")
+            _move_rows(state.self_store, rows, past, self._copy_threads.map)  # NumPy releases the GIL as it copies
+        state.self_cache = [self._to_device(array[:count]) for array in state.self_store]
 
     def _store_columns(self, past: int, rows: int, steps_left: int | None) -> int:
         """Columns of a new in-place store: room for every step still to come, while the store stays within
@@ -744,8 +737,6 @@ class Runner:
 _SELF_BUFFER_COLUMNS = 16
 # How large an in-place store may be made to hold every step still to come at once (else it grows as it goes)
 _STORE_BYTES = 64 << 20
-# How many columns a reordered in-place store keeps beyond the cache (every reorder copies them too)
-_REORDER_COLUMNS = 16
 
 # What one more encoder call costs, in padded token positions computed (session run, thread wake-up, smaller
 # GEMMs); the inputs are split only when the padding saved is worth more (`length_groups`).
@@ -787,15 +778,18 @@ def length_groups(lengths: np.ndarray, multiple: int = 1, max_groups: int = 4,
     return [(np.sort(order[start:end]), int(padded[end - 1])) for start, end in zip(bounds, bounds[1:])]
 
 
-def _close_up(arrays: list[np.ndarray], rows: np.ndarray, past: int) -> None:
-    """arrays[i][:len(rows)] = arrays[i][rows] for rows in increasing order (rows leaving), in place: only the
-    rows that shift move, run by run, and only their first `past` columns (the rest of a store is unused)."""
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    for start, end in zip([0, *breaks], [*breaks, len(rows)] if len(rows) else []):
-        source = int(rows[start])
-        if source != start:  # moves down: an overlapping copy, which NumPy buffers
-            for array in arrays:
-                array[start:end, :, :past] = array[source:source + end - start, :, :past]
+def _move_rows(arrays: list[np.ndarray], rows: np.ndarray, past: int, apply=map) -> None:
+    """arrays[i][:len(rows), :, :past] = arrays[i][rows, :, :past] in place, copying only the rows whose content
+    comes from another row. `apply(function, arrays)`: map, or a thread pool's."""
+    moved = np.flatnonzero(rows != np.arange(len(rows)))
+    if not len(moved):
+        return
+    parents = rows[moved]
+
+    def move(array: np.ndarray) -> None:  # NumPy reads the parents before it writes: overlapping rows are safe
+        array[moved, :, :past] = array[parents, :, :past]
+
+    list(apply(move, arrays))
 
 
 def _used_lengths_per_row(mask: np.ndarray) -> np.ndarray:
