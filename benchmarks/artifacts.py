@@ -66,7 +66,10 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
                "cuda-fp16": {"target": "cuda", "fp16": True}, "merged": {"layout": "merged"},
                "fp32-unfused": {"fuse_attention": False},
-               "int8-unfused": {"quantize": "int8", "fuse_attention": False}}[variant]
+               "int8-unfused": {"quantize": "int8", "fuse_attention": False},
+               # the graphs Optimum's ORTModelForSeq2SeqLM reads: encoder, decoder and decoder with past as
+               # Optimum wrote them (ortdecode's CPU default, one rewritten with-past decoder, is not one of them)
+               "optimum": {"layout": "split", "fuse_attention": False}}[variant]
     target = options.get("target", "cpu")
     layout = options.get("layout") or default_layout(target)
     fused = fuses_attention(target, layout, options.get("fuse_attention", True))

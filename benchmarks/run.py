@@ -125,10 +125,10 @@ def engine_specs(art: artifacts.ModelArtifacts, device: str, threads: int, names
         specs["transformers"] = ({"kind": "transformers", "path": str(art.checkpoint), **common},
                                  sorted(art.checkpoint.glob("*.safetensors")) or sorted(art.checkpoint.glob("*.bin")))
     if "optimum" in names:
-        fp32 = art.exports["fp32"]
-        specs["Optimum"] = ({"kind": "optimum", "path": str(fp32), **common},
-                            [fp32 / f for f in ("encoder_model.onnx", "decoder_model.onnx",
-                                                "decoder_with_past_model.onnx")])
+        split = artifacts.export_variant(art.name, art.checkpoint, "optimum")
+        specs["Optimum"] = ({"kind": "optimum", "path": str(split), **common},
+                            [split / f for f in ("encoder_model.onnx", "decoder_model.onnx",
+                                                 "decoder_with_past_model.onnx")])
     if "ctranslate2" in names:
         for quantization, path in art.ctranslate2.items():
             label = f"CTranslate2 {quantization}"

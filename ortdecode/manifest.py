@@ -9,7 +9,6 @@ what ONNX Runtime reports for the loaded graphs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +252,8 @@ def external_data_of(folder: str | Path, graph_file: str, names: Iterable[str] |
 
 
 def sha256_of(path: str | Path, chunk_size: int = 1 << 22) -> str:
+    import hashlib  # here: it loads OpenSSL's libcrypto (3.5 MiB RSS), which a load of verified files never needs
+
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk_size):

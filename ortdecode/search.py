@@ -63,7 +63,7 @@ class TokenSearch:
 
     As in transformers, a row that ended keeps running and is fed padding until all rows finish."""
 
-    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):
+    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator | None, rules: StopRules):
         self.config = config
         self.rng = rng
         self.rules = rules
@@ -115,7 +115,7 @@ class BeamSearch:
     the best unfinished ones continue. `early_stopping` decides when an input needs no more steps.
     With ``do_sample`` the candidates are sampled without replacement instead (beam sampling)."""
 
-    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):
+    def __init__(self, config: GenerationConfig, num_inputs: int, rng: np.random.Generator | None, rules: StopRules):
         self.config = config
         self.rng = rng
         self.rules = rules
@@ -281,6 +281,6 @@ def _same_length(arrays: list[np.ndarray], fill: int) -> list[np.ndarray]:
             for a in arrays]
 
 
-def make_search(config: GenerationConfig, num_inputs: int, rng: np.random.Generator, rules: StopRules):
+def make_search(config: GenerationConfig, num_inputs: int, rng: np.random.Generator | None, rules: StopRules):
     search = BeamSearch if config.is_beam_search else TokenSearch
     return search(config, num_inputs, rng, rules)

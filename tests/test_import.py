@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -26,3 +27,21 @@ def test_ray_data_without_ray_names_the_extra(default_model_dir):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     lines = run.stdout.strip().splitlines()
     assert lines[0] == "1" and 'pip install "ortdecode[ray]"' in lines[1], run.stdout + run.stderr
+
+
+def test_greedy_and_beam_on_verified_files_load_no_random_module_and_no_libcrypto(default_model_dir, tmp_path):
+    """numpy.random and hashlib each bring OpenSSL's libcrypto into the process (5.5 MiB RSS in all, measured;
+    the int8 peak-RSS target is within a few MiB): only sampling and a file's first check need them. The
+    first process checks the files (and hashes them); the second finds them in the record of verified files."""
+    code = ("import sys, ortdecode\n"
+            f"generator = ortdecode.load({str(default_model_dir)!r})\n"
+            "generator.generate(['spell out: 7'])\n"
+            "generator.generate(['spell out: 8'], num_beams=2)\n"
+            "print(sorted(m for m in ('numpy.random', 'hashlib', '_hashlib') if m in sys.modules))\n"
+            "generator.generate(['spell out: 9'], do_sample=True, seed=1)\n"
+            "print('numpy.random' in sys.modules)\n")
+    env = {**os.environ, "ORTDECODE_CACHE_DIR": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert first.stdout.splitlines()[0] == "['_hashlib', 'hashlib']", first.stdout  # hashed: nothing recorded yet
+    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert second.stdout.splitlines() == ["[]", "True"], second.stdout + second.stderr

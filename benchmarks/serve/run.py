@@ -55,7 +55,7 @@ def bench_model(name: str, args, bar) -> dict:
     rows, errors, texts = [], {}, {}
     commands = {"ortdecode continuous": (ortdecode_command(export, True, args.max_batch_rows), True),
                 "ortdecode static": (ortdecode_command(export, False, args.max_batch_rows), True),
-                "Optimum one-at-a-time": (optimum_command(export), False)}
+                "Optimum one-at-a-time": (optimum_command(art.name, art.checkpoint), False)}
     for system in [s for s in SERVERS if s in args.systems]:
         command, streaming = commands[system]
         try:

@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import artifacts
 from .load import BenchRequest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,9 @@ def ortdecode_command(model: Path, continuous: bool, max_batch_rows: int) -> lis
     return command if continuous else [*command, "--no-continuous-batching"]
 
 
-def optimum_command(model: Path) -> list[str]:
+def optimum_command(name: str, checkpoint: Path) -> list[str]:
+    """The Optimum app on the export Optimum reads (made on first use, as Optimum's export writes it)."""
+    model = artifacts.export_variant(name, checkpoint, "optimum")
     return [sys.executable, "-m", "benchmarks.serve.optimum_app", "--model", str(model), "--port", "0"]
 
 
