@@ -653,9 +653,8 @@ class Runner:
 
     def _reorder_store(self, state: DecoderState, rows: np.ndarray) -> None:
         """Rows leaving and beams reordered (at every step of beam search) within a cache updated in place: only
-        the rows whose content comes from another row are copied, and only their cached columns. Measured on
-        t5-small's shape, beam 4: 71% of the rows keep their own beam from step to step; 128 rows x 32 cached
-        steps took 2.0 ms this way (2 threads) where the reorder graph's copy of every row took 3.4 ms and more.
+        the rows whose content comes from another row are copied, and only their cached columns (beam 4 on the
+        t5-small-shaped random model: 74% of the rows keep their own beam from step to step; README).
         A store without room for the rows (a first step widened to its beams) is replaced by a larger one."""
         past, count = state.past, len(rows)
         if len(state.self_store[0]) < count:
