@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import io
 import logging
+import mmap
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -645,7 +646,7 @@ class Runner:
         if store is None or len(store[0]) < rows + spare_rows or store[0].shape[2] < past + 1:
             # a first step's rows usually join a batch (copied into its store): no room for more rows yet
             capacity = rows + spare_rows if not past else max(rows + spare_rows, self.row_capacity)
-            larger = self._room(capacity, self._store_columns(past, rows + spare_rows, steps_left))
+            larger = self._store(capacity, self._store_columns(past, rows + spare_rows, steps_left))
             for target, value in zip(larger, state.self_cache):
                 target[:rows, :, :past] = value.numpy()[:, :, :past]
             state.self_store = larger
@@ -658,7 +659,7 @@ class Runner:
         A store without room for the rows (a first step widened to its beams) is replaced by a larger one."""
         past, count = state.past, len(rows)
         if len(state.self_store[0]) < count:
-            larger = self._room(max(count, self.row_capacity), state.self_store[0].shape[2])
+            larger = self._store(max(count, self.row_capacity), state.self_store[0].shape[2])
             for target, source in zip(larger, state.self_store):
                 target[:count, :, :past] = source[rows, :, :past]
             state.self_store = larger
@@ -694,6 +695,18 @@ class Runner:
         """Uninitialized host arrays for one key/value pair per layer, [rows, heads, length, d_kv] each."""
         shape = (rows, self.manifest.num_heads, length, self.manifest.d_kv)
         return [np.empty(shape, self.float_type) for _ in self._present_self]
+
+    def _store(self, rows: int, length: int) -> list[np.ndarray]:
+        """`_room` for an in-place store, whose columns are planned for steps that may never come. Past
+        `_DENSE_STORE_COLUMNS`: anonymous memory mappings, zero pages until a step writes them. (NumPy asks large
+        arrays for transparent huge pages: the first column written in each row and head would make 2 MiB
+        resident, all of a long planned store at once; zeroing them took 0.28 s for a beam-2 store planned for
+        100,000 new tokens. Below, NumPy's arrays: their huge pages make a beam-4 step faster than 4 KiB pages.)"""
+        if length <= _DENSE_STORE_COLUMNS:
+            return self._room(rows, length)
+        shape = (rows, self.manifest.num_heads, length, self.manifest.d_kv)
+        size = int(np.prod(shape)) * np.dtype(self.float_type).itemsize
+        return [np.frombuffer(mmap.mmap(-1, size), self.float_type).reshape(shape) for _ in self._present_self]
 
     def _bind_outputs_in(self, binding: ort.IOBinding, names: list[str], room: list[np.ndarray],
                          rows: int) -> list[ort.OrtValue]:
@@ -734,6 +747,8 @@ class Runner:
 # How many more self-cache columns a new pair of CPU buffers has room for (`Runner._spare_self_buffer`), and a
 # new in-place store at least (`Runner._store_columns`)
 _SELF_BUFFER_COLUMNS = 16
+# In-place stores of more columns are mapped page by page as steps write them (`Runner._store`)
+_DENSE_STORE_COLUMNS = 1024
 # How large an in-place store may be made to hold every step still to come at once (else it grows as it goes)
 _STORE_BYTES = 64 << 20
 

@@ -377,3 +377,27 @@ def test_rows_moved_within_a_store_are_what_indexing_would_give(data):
     for array, want, rest in zip(arrays, expected, untouched):
         np.testing.assert_array_equal(array[:len(rows), :, :past], want)
         np.testing.assert_array_equal(array[:, :, past:], rest)
+
+
+def test_a_cache_planned_for_a_long_generation_becomes_resident_only_as_steps_write_it(tiny_v1):
+    """max_new_tokens=100,000 plans an in-place store of up to 64 MiB. Huge pages would make all of it resident
+    (and zero it) at the first step; the store's pages must come only as steps write columns. 20 beam steps,
+    in a fresh process: the peak RSS grows by less than 32 MiB over a short warm-up generation's."""
+    import subprocess
+    import sys
+
+    code = ("import ortdecode\n"
+            "def peak():\n"
+            "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) >> 10\n"
+            f"generator = ortdecode.load({str(tiny_v1.export)!r}, provider='cpu')\n"
+            f"texts = {TEXTS[:3]!r}\n"
+            "generator.generate(texts, num_beams=2, max_new_tokens=20, min_new_tokens=20)\n"
+            "before = peak()\n"
+            "result = generator.generate(texts, num_beams=2, max_new_tokens=100_000, min_new_tokens=100_000,\n"
+            "                            stopping_criteria=[lambda ids, scores: ids.shape[1] > 20])\n"
+            "print(result.sequences.shape[1], before, peak())\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    length, before, after = map(int, run.stdout.split())
+    manifest = ortdecode.read_manifest(tiny_v1.export)
+    assert manifest.self_cache_in_place and length == 21
+    assert after - before < 32, (before, after)
