@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -160,6 +161,9 @@ def run_subset(work: Path, tests: list[str], env: dict) -> tuple[str, str, float
 
 
 def main(argv=None) -> int:
+    # A job started in the background (`... &`) inherits SIGINT ignored, and so would every pytest and CLI
+    # below it: the Ctrl-C tests would fail unmutated. A handler set here is reset to the default at exec.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = argparse.ArgumentParser(prog="python -m tests.mutation.run", description=__doc__.splitlines()[0])
     parser.add_argument("--generated", type=int, default=8, help="operator mutants per module (default 8)")
     parser.add_argument("--seed", type=int, default=0)
