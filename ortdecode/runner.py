@@ -558,7 +558,7 @@ class Runner:
         if self.self_cache_in_place:  # a store with the columns the parts had room for (the steps they planned)
             columns = max([past + _SELF_BUFFER_COLUMNS] + [state.self_store[0].shape[2] for state, _ in parts
                                                              if state.self_store is not None])
-            self_store = blank(parts[0][0].self_cache, columns, max(total, self.row_capacity))
+            self_store = self._store(max(total, self.row_capacity), columns)
             self_cache = [store[:total] for store in self_store]
         else:
             self_cache = blank(parts[0][0].self_cache, past, total)
@@ -697,14 +697,15 @@ class Runner:
         return [np.empty(shape, self.float_type) for _ in self._present_self]
 
     def _store(self, rows: int, length: int) -> list[np.ndarray]:
-        """`_room` for an in-place store, whose columns are planned for steps that may never come. Past
-        `_DENSE_STORE_COLUMNS`: anonymous memory mappings, zero pages until a step writes them. (NumPy asks large
-        arrays for transparent huge pages: the first column written in each row and head would make 2 MiB
-        resident, all of a long planned store at once; zeroing them took 0.28 s for a beam-2 store planned for
-        100,000 new tokens. Below, NumPy's arrays: their huge pages make a beam-4 step faster than 4 KiB pages.)"""
-        if length <= _DENSE_STORE_COLUMNS:
-            return self._room(rows, length)
+        """Zero-filled host arrays for an in-place store, whose columns are planned for steps that may never
+        come. Past `_DENSE_STORE_COLUMNS`: anonymous memory mappings, zero pages until a step writes them. (NumPy
+        asks large arrays for transparent huge pages: the first column written in each row and head would make
+        2 MiB resident, all of a long planned store at once; zeroing them took 0.28 s for a beam-2 store planned
+        for 100,000 new tokens, 0.34 s for a join of 5 rows. Below, NumPy's arrays: their huge pages make a
+        beam-4 step faster than 4 KiB pages.)"""
         shape = (rows, self.manifest.num_heads, length, self.manifest.d_kv)
+        if length <= _DENSE_STORE_COLUMNS:
+            return [np.zeros(shape, self.float_type) for _ in self._present_self]
         size = int(np.prod(shape)) * np.dtype(self.float_type).itemsize
         return [np.frombuffer(mmap.mmap(-1, size), self.float_type).reshape(shape) for _ in self._present_self]
 

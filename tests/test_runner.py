@@ -382,11 +382,12 @@ def test_rows_moved_within_a_store_are_what_indexing_would_give(data):
 def test_a_cache_planned_for_a_long_generation_becomes_resident_only_as_steps_write_it(tiny_v1):
     """max_new_tokens=100,000 plans an in-place store of up to 64 MiB. Huge pages would make all of it resident
     (and zero it) at the first step; the store's pages must come only as steps write columns. 20 beam steps,
-    in a fresh process: the peak RSS grows by less than 32 MiB over a short warm-up generation's."""
+    then two such states joined (the joined store keeps their planned columns), in a fresh process: the peak
+    RSS grows by less than 32 MiB over a short warm-up generation's."""
     import subprocess
     import sys
 
-    code = ("import ortdecode\n"
+    code = ("import numpy as np\nimport ortdecode\n"
             "def peak():\n"
             "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) >> 10\n"
             f"generator = ortdecode.load({str(tiny_v1.export)!r}, provider='cpu')\n"
@@ -395,9 +396,14 @@ def test_a_cache_planned_for_a_long_generation_becomes_resident_only_as_steps_wr
             "before = peak()\n"
             "result = generator.generate(texts, num_beams=2, max_new_tokens=100_000, min_new_tokens=100_000,\n"
             "                            stopping_criteria=[lambda ids, scores: ids.shape[1] > 20])\n"
-            "print(result.sequences.shape[1], before, peak())\n")
+            "runner, states = generator.runner, []\n"
+            "for part in (texts[:2], texts[2:]):\n"
+            "    states.append(runner.encode(*generator.tokenizer.encode(part)))\n"
+            "    runner.step(states[-1], np.zeros(len(part), np.int64), steps_left=100_000)\n"
+            "joined = runner.join([(state, np.arange(state.rows)) for state in states])\n"
+            "print(result.sequences.shape[1], joined.self_store[0].shape[2], before, peak())\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    length, before, after = map(int, run.stdout.split())
+    length, joined_columns, before, after = map(int, run.stdout.split())
     manifest = ortdecode.read_manifest(tiny_v1.export)
-    assert manifest.self_cache_in_place and length == 21
+    assert manifest.self_cache_in_place and length == 21 and joined_columns > 1024
     assert after - before < 32, (before, after)
