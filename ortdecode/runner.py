@@ -169,7 +169,8 @@ class Runner:
         self.folder = Path(folder)
         self.manifest = manifest
         self._external_data_checked = external_data_checked
-        self._copy_threads: ThreadPoolExecutor | None = None  # moves rows within in-place caches (`_reorder_store`)
+        # moves rows within in-place caches (`_reorder_store`); its threads start on first use
+        self._copy_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ortdecode-cache")
         self.names = manifest.names
         self.float_type = _FLOAT_TYPES[manifest.dtype]
         self.layout = resolve_decoder_layout(folder, manifest, decoder_layout)
@@ -664,8 +665,6 @@ class Runner:
                 target[:count, :, :past] = source[rows, :, :past]
             state.self_store = larger
         else:
-            if self._copy_threads is None:
-                self._copy_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ortdecode-cache")
             _move_rows(state.self_store, rows, past, self._copy_threads.map)  # NumPy releases the GIL as it copies
         state.self_cache = [self._to_device(array[:count]) for array in state.self_store]
 
