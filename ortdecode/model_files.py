@@ -141,32 +141,8 @@ def _model_locations(model: memoryview, found: set[str]) -> None:
                     _node_locations(node, found)
 
 
-# Files scanned in this process: (resolved path, size, mtime_ns, ctime_ns, inode, device) -> the locations
-# found. `load` asks for each graph twice (its checksums, then before ONNX Runtime reads the graph), and a
-# scan walks every node of the graph in Python (16-27 ms for a t5-small decoder).
-_SCANNED: dict[tuple, list[str]] = {}
-
-
 def external_data_files(graph_path: str | Path) -> list[str]:
     """The external-data locations an ONNX file names, as written in it (sorted, unique)."""
-    path = Path(graph_path)
-    try:
-        status = path.stat()
-        key = (str(path.resolve()), status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino,
-               status.st_dev)
-    except OSError:
-        key = None
-    if key in _SCANNED:
-        return list(_SCANNED[key])
-    found = _scan_file(graph_path)
-    if key is not None:
-        if len(_SCANNED) > 256:
-            _SCANNED.clear()
-        _SCANNED[key] = list(found)
-    return found
-
-
-def _scan_file(graph_path: str | Path) -> list[str]:
     found: set[str] = set()
     try:
         with open(graph_path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:

@@ -105,28 +105,27 @@ def test_load_hashes_a_graph_again_only_when_it_changed(export_copy, monkeypatch
 
 def test_load_reads_a_graphs_external_data_names_once_and_not_again_while_it_is_unchanged(export_copy, monkeypatch,
                                                                                         tmp_path):
-    """Reading the names walks the whole graph in Python: once per graph and load (the checksums, then the
-    check before ONNX Runtime reads it, share it), and not at all on later loads of unchanged graphs, whose
-    names the record of verified files keeps; a graph touched since is read again."""
-    from ortdecode import model_files
+    """Reading the names walks the whole graph in Python: once per graph and load (the checksums read them;
+    the check before ONNX Runtime reads the graph takes the manifest's names they matched), and not at all on
+    later loads of unchanged graphs, whose names the record of verified files keeps; a graph touched since is
+    read again."""
+    from ortdecode import manifest
 
     monkeypatch.setenv("ORTDECODE_CACHE_DIR", str(tmp_path / "cache"))
     scanned = []
-    real_scan = model_files._scan_file
-    monkeypatch.setattr(model_files, "_scan_file", lambda path: scanned.append(Path(path).name) or real_scan(path))
-    monkeypatch.setattr(model_files, "_SCANNED", {})
+    real_scan = manifest.external_data_files
+    monkeypatch.setattr(manifest, "external_data_files",
+                        lambda path: scanned.append(Path(path).name) or real_scan(path))
     files = sorted(g.file for role, g in ortdecode.read_manifest(export_copy).graphs.items()
                    if role in ("encoder", "decoder", "decoder_with_past", "cache_reorder"))
     ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
     assert sorted(scanned) == files
     scanned.clear()
-    model_files._SCANNED.clear()  # a new process
     ortdecode.load(export_copy, provider="cpu", decoder_layout="split")
     assert scanned == []
     ortdecode.load(export_copy, provider="cpu", decoder_layout="split", verify=False)
     assert sorted(scanned) == files  # unverified: the runner reads each graph's names before ONNX Runtime does
     scanned.clear()
-    model_files._SCANNED.clear()
     os.utime(export_copy / "encoder_model.onnx")
     from ortdecode.manifest import verify_checksums
 
