@@ -1,7 +1,8 @@
 """`export_model`: a Hugging Face T5 (hub id or folder) to an ortdecode export folder.
 
 Load, export, optimize, save, validate (CTranslate2's converter order): Optimum writes the encoder and
-decoder graphs; CPU targets get fused attention in the with-past decoder, CUDA targets ONNX Runtime's T5
+decoder graphs; CPU targets get fused attention in the with-past decoder and an encoder that skips the
+padding, CUDA targets ONNX Runtime's T5
 fusions, int8 targets dynamic quantization; the cache-reorder graph, tokenizer and configs are added; the manifest records names, shapes, ids, versions
 and sha256; finally the export is compared with PyTorch and the result written into the manifest. All of
 it happens in a staging folder beside OUT_DIR that is renamed into place at the end (`out_dir`).
@@ -100,6 +101,12 @@ def encoder_computes_cross_cache(layout: str) -> bool:
     return layout in ("with-past", "all")
 
 
+def packs_encoder_tokens(target: str, config, pack_encoder: bool = True) -> bool:
+    """Whether an export with these options packs the encoder's tokens (CPU targets; not LongT5, whose blocked
+    attention pads inputs to whole blocks)."""
+    return pack_encoder and target == "cpu" and encoder_length_multiple(config) == 1
+
+
 def fuses_attention(target: str, layout: str, fuse_attention: bool = True) -> bool:
     """Whether an export with these options runs the attention fusion (CPU targets with a with-past decoder)."""
     return fuse_attention and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
@@ -179,7 +186,8 @@ def _layer_names(num_layers: int) -> tuple[mf.LayerCacheNames, ...]:
 def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: bool = False,
                  quantize: str | None = None, layout: str | None = None, opset: int | None = None,
                  atol: float | None = None, validate: bool = True, force: bool = False,
-                 progress: bool = True, decoder_mask: bool = True, fuse_attention: bool = True) -> mf.Manifest:
+                 progress: bool = True, decoder_mask: bool = True, fuse_attention: bool = True,
+                 pack_encoder: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
 
     The export is built beside OUT_DIR and moved into place when complete; a second export into the
@@ -194,7 +202,9 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
     graph, the encoder computing the cross cache, weights inside the graphs: for comparing layouts).
     decoder_mask: give the decoder graphs a decoder attention mask (continuous batching needs it).
     fuse_attention: CPU targets: the with-past decoder's attention blocks become ONNX Runtime's MultiHeadAttention
-    (`attention_fusion`; the manifest's export_options["attention_fusion"] says how many)."""
+    (`attention_fusion`; the manifest's export_options["attention_fusion"] says how many).
+    pack_encoder: CPU targets: the encoder's per-token work runs on the real tokens only, not on the padding
+    (`packed_encoder`; the manifest's `encoder_packs_tokens`)."""
     from .adopt import adopt_optimum_export, is_optimum_export
 
     out_dir = Path(out_dir)
@@ -221,6 +231,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
         steps += ["fuse for CUDA"] if target == "cuda" else []
         steps += ["quantize int8"] if quantize else []
         steps += ["fuse attention"] if fusing else []
+        packing = packs_encoder_tokens(target, config, pack_encoder)
+        steps += ["pack the encoder's tokens"] if packing else []
         steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
         notes: list[str] = []
         with tqdm(total=len(steps), desc="export", unit="step", disable=not progress, file=sys.stderr) as bar, \
@@ -254,7 +266,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         raise ExportError(f"MODEL {model!r}: --layout {layout} cannot compute the cross-attention "
                                           f"cache in the encoder: {exc}; use --layout split") from None
                     advance()
-                fusion = None
+                fusion, packed = None, None
                 for role in roles:
                     source, final = work / OPTIMUM_FILES[role], staging / OPTIMUM_FILES[role]
                     if not source.exists():
@@ -278,6 +290,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         fusion = fuse_attention_file(final, config.num_heads)
                         if fusion.fused < fusion.blocks:
                             notes.append(f"{final.name}: only {fusion}; the others stay as Optimum wrote them")
+                    if packing and role == mf.ENCODER:  # after quantizing: its ranges then come from real tokens
+                        from .packed_encoder import pack_encoder_tokens_file
+
+                        packed = pack_encoder_tokens_file(final)
                     if layout == "with-past":  # "all" keeps them inside: it is for comparing layouts
                         from .cross_cache import store_weights_externally
 
@@ -288,6 +304,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                     advance()
                 if fusing:
                     advance()
+                if packing:
+                    advance()
                 for name in ("config.json", "generation_config.json"):
                     if (work / name).exists():
                         shutil.copy(work / name, staging / name)
@@ -297,10 +315,13 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                 export_options["cuda_fusion"] = "; ".join(notes) if notes else "fused"
             if fusion is not None:
                 export_options["attention_fusion"] = f"{OPTIMUM_FILES[mf.DECODER_WITH_PAST]}: {fusion}"
+            if packed is not None:
+                export_options["packed_encoder"] = f"{OPTIMUM_FILES[mf.ENCODER]}: {packed}"
             manifest = write_manifest(staging, config, tokenizer, roles, source=_recorded_source(model), dtype=dtype,
                                       target=target, quantization="int8-dynamic" if quantize else None,
                                       export_options=export_options,
-                                      self_cache_in_place=bool(fusion is not None and fusion.in_place))
+                                      self_cache_in_place=bool(fusion is not None and fusion.in_place),
+                                      encoder_packs_tokens=bool(packed is not None and packed.packed_nodes))
             advance()
             failure = None
             if validate:
@@ -331,7 +352,8 @@ def _torch_model(source: str):
 
 
 def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source: str, dtype: str, target: str,
-                   quantization: str | None, export_options: dict, self_cache_in_place: bool = False) -> mf.Manifest:
+                   quantization: str | None, export_options: dict, self_cache_in_place: bool = False,
+                   encoder_packs_tokens: bool = False) -> mf.Manifest:
     """Add the cache-reorder graph and the tokenizer to a folder holding Optimum's graphs (and config.json,
     generation_config.json), then write the manifest."""
     tokenizer.save_pretrained(folder)
@@ -368,6 +390,7 @@ def write_manifest(folder: Path, config, tokenizer, roles: list[str], *, source:
         decoder_start_token_id=config.decoder_start_token_id, dtype=dtype, target=target,
         quantization=quantization, opset=graph_opset, encoder_length_multiple=encoder_length_multiple(config),
         versions=_versions(), export_options=export_options, self_cache_in_place=self_cache_in_place,
+        encoder_packs_tokens=encoder_packs_tokens,
         validation={"status": "running"} if export_options.get("validate") else {"status": "skipped"})
     manifest.write(folder)
     return manifest

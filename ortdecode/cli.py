@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-validate", action="store_true", help="skip the comparison with PyTorch")
     export.add_argument("--no-fuse-attention", action="store_true",
                         help="CPU: keep Optimum's op-by-op attention in the with-past decoder")
+    export.add_argument("--no-pack-encoder", action="store_true",
+                        help="CPU: let the encoder compute the padding too, as Optimum's graph does (by default "
+                             "its per-token work runs on the real tokens only)")
     export.add_argument("--force", action="store_true", help="replace OUT_DIR when it holds a previous export")
 
     adopt = commands.add_parser("adopt", help="make a plain Optimum export folder an ortdecode export")
@@ -378,7 +381,8 @@ def _export(args) -> int:
     target = "cuda" if fp16 else args.target
     manifest = export_model(args.model, args.out_dir, target=target, fp16=fp16, quantize=args.quantize,
                             layout=args.layout, opset=args.opset, atol=args.atol, validate=not args.no_validate,
-                            force=args.force, fuse_attention=not args.no_fuse_attention)
+                            force=args.force, fuse_attention=not args.no_fuse_attention,
+                            pack_encoder=not args.no_pack_encoder)
     print(_export_summary(Path(args.out_dir), manifest))
     return 0
 

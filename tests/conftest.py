@@ -130,6 +130,21 @@ def with_past_export(tmp_path_factory, tiny_models) -> Path:
     return export
 
 
+@pytest.fixture(scope="session")
+def unpacked_encoder_export(tmp_path_factory, tiny_models) -> Path:
+    """tiny-v1 exported with every graph (layout all) and pack_encoder=False: the encoder computes the padding
+    too, as Optimum wrote it (the runner then encodes inputs of very different lengths in length groups)."""
+    from ortdecode_export import export_model
+
+    root, done = model_root(tmp_path_factory, "unpacked-encoder")
+    export = root / "onnx"
+    if not done:
+        export_model(str(tiny_models["tiny-v1"].checkpoint), export, layout="all", pack_encoder=False,
+                     progress=False, force=True)
+        (root / "complete").touch()
+    return export
+
+
 @pytest.fixture(scope="session", params=PRESETS)
 def tiny(request, tiny_models) -> TinyModel:
     return tiny_models[request.param]

@@ -281,17 +281,26 @@ def test_int8_encoders_keep_inputs_of_similar_lengths_in_one_call_where_float32_
 
 
 @pytest.mark.parametrize("layout", ["with-past", "split"])  # the encoder returns the cross cache / hidden states
-def test_inputs_of_very_different_lengths_are_encoded_in_groups_and_decode_as_alone(tiny_v1, layout, monkeypatch):
-    """The encoder runs once per group of similar lengths (padding not computed), and every input's encoder
-    output, logits and generated tokens are those it gets alone."""
-    generator = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=layout)
+@pytest.mark.parametrize("packed", [True, False], ids=["packed-encoder", "unpacked-encoder"])
+def test_inputs_of_very_different_lengths_skip_the_padding_and_decode_as_alone(tiny_v1, unpacked_encoder_export,
+                                                                              layout, packed, monkeypatch):
+    """A packed encoder (the default export) runs once on the whole batch, its per-token work on the real tokens
+    only; an unpacked one runs once per group of similar lengths. Either way every input's encoder output (at its
+    real positions), logits and generated tokens are those it gets alone."""
+    generator = ortdecode.load(tiny_v1.export if packed else unpacked_encoder_export, provider="cpu",
+                               decoder_layout=layout)
+    assert generator.manifest.encoder_packs_tokens is packed
     texts = [TEXTS[0], TEXTS[4] * 3, TEXTS[3], TEXTS[2] * 3, TEXTS[5], TEXTS[4] * 3, TEXTS[0], TEXTS[7]]
     runner = generator.runner
     ids, mask = encode(generator, texts)
     widths, run = [], runner._run_encoder
     monkeypatch.setattr(runner, "_run_encoder", lambda i, m: widths.append(i.shape) or run(i, m))
     state = runner.encode(ids, mask)
-    assert len(widths) > 1 and all(w[1] <= ids.shape[1] for w in widths) and min(w[1] for w in widths) < ids.shape[1]
+    if packed:
+        assert widths == [ids.shape]
+    else:
+        assert len(widths) > 1 and all(w[1] <= ids.shape[1] for w in widths) and \
+            min(w[1] for w in widths) < ids.shape[1]
     assert sum(w[0] for w in widths) == len(texts)
 
     def encoder_outputs(state):  # [(array, its source-length axis)]: the cross cache (with-past) or the hidden states

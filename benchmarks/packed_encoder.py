@@ -1,0 +1,140 @@
+"""The packed encoder alone: the encoder graph with and without `export/packed_encoder.py`.
+
+For each export variant (float32, int8) of the t5-small-shaped benchmark model, both encoders (an export
+made with `pack_encoder=False` beside the default one, both cached in benchmarks/work/) run the harness's
+inputs (`benchmarks.run.make_sources`: 16 to 48 tokens; and its mixed batch: 5 to 200 tokens, log-normal) in
+one process, in turns, on ONNX Runtime's CPU provider, each graph over the whole padded batch in one call.
+Reports max |packed - unpacked| over the outputs at the real positions, and ms per encoder call (best of
+`--rounds` rounds of `--runs` runs each, the two graphs alternating) with the packed/unpacked ratio.
+
+    python -m benchmarks.packed_encoder [--variants fp32 int8] [--rounds 5] [--runs 5] [--threads 2]
+        [--tag packed-encoder]
+
+Writes benchmarks/results/<tag>.json, .md and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts
+from .attention_fusion import best_ms, session
+from .engines import padded
+from .run import machine_info, make_mixed_sources, make_sources, versions
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BATCHES = [("batch 1", 1), ("batch 8", 8), ("batch 32", 32), ("mixed 32", 32)]
+
+
+def batch_feeds(label: str, batch: int, vocab: int) -> dict[str, np.ndarray]:
+    sources = make_mixed_sources(0, batch, vocab) if label.startswith("mixed") else make_sources(0, batch, vocab)
+    ids, mask = padded(sources)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def real_position_diff(unpacked: list[np.ndarray], packed: list[np.ndarray], mask: np.ndarray) -> float:
+    """max |difference| at the real positions: hidden states [rows, positions, d], cross cache [rows, heads, positions, d_kv]."""
+    real = mask.astype(bool)
+    pick = lambda a: a[real] if a.ndim == 3 else a.transpose(0, 2, 1, 3)[real]  # noqa: E731
+    return max(float(np.abs(pick(a) - pick(b)).max()) for a, b in zip(unpacked, packed))
+
+
+def measure_variant(variant: str, checkpoint: Path, args, progress) -> dict:
+    from ortdecode.manifest import read_manifest
+
+    folders = {"unpacked": artifacts.export_variant("t5-small", checkpoint, f"{variant}-unpacked"),
+               "packed": artifacts.export_variant("t5-small", checkpoint, variant)}
+    manifest = read_manifest(folders["packed"])
+    graph = manifest.graphs["encoder"].file
+    unpacked, packed = (session(folders[k] / graph, args.threads) for k in ("unpacked", "packed"))
+    rows_out = []
+    for label, batch in BATCHES:
+        progress.set_postfix_str(f"{variant} {label}")
+        feeds = batch_feeds(label, batch, manifest.vocab_size)
+        mask = feeds["attention_mask"]
+        diff = real_position_diff(unpacked.run(None, feeds), packed.run(None, feeds), mask)
+        unpacked_ms, packed_ms = best_ms([unpacked, packed], feeds, args.rounds, args.runs)
+        rows_out.append({"batch": label, "positions": int(mask.size), "real_tokens": int(mask.sum()),
+                         "max_abs_diff": diff, "unpacked_ms": round(unpacked_ms, 2), "packed_ms": round(packed_ms, 2),
+                         "ratio": round(packed_ms / unpacked_ms, 3)})
+        progress.update()
+    return {"variant": variant, "packing": manifest.export_options.get("packed_encoder"), "batches": rows_out}
+
+
+def markdown(result: dict) -> str:
+    machine, ver = result["machine"], result["versions"]
+    lines = ["# Packed encoder: encoder call, packed vs unpacked (CPU)", "",
+             f"Measured {result['measured']} on {machine.get('cpu', '?')} ({machine['cpu_count']} CPU cores, load "
+             f"average {machine.get('load_average_at_start', ['?'])[0]} at the start), commit {ver['commit']}, "
+             f"{result['threads']} threads, best of {result['rounds']} rounds x {result['runs']} runs, "
+             f"the two graphs alternating in one process; onnxruntime {ver['onnxruntime']}. t5-small-shaped "
+             "random model; the whole padded batch in one call (the runner's length groups not used).", "",
+             f"`{result['command']}`", "",
+             "| variant | inputs | positions | real tokens | unpacked ms | packed ms | packed / unpacked "
+             "| max abs diff (real positions) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for v in result["variants"]:
+        for b in v["batches"]:
+            lines.append(f"| {v['variant']} | {b['batch']} | {b['positions']} | {b['real_tokens']} | "
+                         f"{b['unpacked_ms']:.1f} | {b['packed_ms']:.1f} | {b['ratio']:.3f} | {b['max_abs_diff']:.1e} |")
+    lines += ["", "int8: the packed graph's dynamic quantization takes its ranges from the real tokens only, so its "
+                  "outputs differ from the unpacked graph's, whose ranges include the padding.", "",
+              *(f"- {v['variant']}: {v['packing']}" for v in result["variants"]), ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for v in result["variants"]:
+        ax.plot([b["batch"] for b in v["batches"]], [b["ratio"] for b in v["batches"]], "o-", label=v["variant"])
+    first = result["variants"][0]["batches"]
+    ax.plot([b["batch"] for b in first], [b["real_tokens"] / b["positions"] for b in first], "k--", lw=0.8,
+            label="real tokens / positions")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_ylabel("packed / unpacked encoder time")
+    ax.set_title("encoder call: packed tokens (lower is faster)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.packed_encoder", description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default="packed-encoder")
+    args = parser.parse_args(argv)
+
+    from tqdm import tqdm
+
+    checkpoint, _ = artifacts.checkpoint_for("t5-small")
+    with tqdm(total=len(args.variants) * len(BATCHES), desc="packed encoder", unit="batch") as progress:
+        variants = [measure_variant(v, checkpoint, args, progress) for v in args.variants]
+    result = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info("cpu"),
+              "versions": versions(), "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+              "command": " ".join(["python -m benchmarks.packed_encoder", *(sys.argv[1:] if argv is None else argv)]),
+              "variants": variants}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{args.tag}.md").write_text(markdown(result))
+    plot(result, RESULTS / f"{args.tag}.png")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
