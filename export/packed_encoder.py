@@ -124,15 +124,14 @@ class _Packer:
         real = self._add("Cast", [flat], "real", to=TensorProto.BOOL)
         positions = self._add("Shape", [flat], "positions")
         zero, one = self._const("zero", [0]), self._const("one", [1])
-        count = self._add("Squeeze", [positions], "count")
-        index = self._add("Range", [self._add("Squeeze", [zero], "zero_scalar"), count,
-                                    self._add("Squeeze", [one], "one_scalar")], "index")
+        count, zero_scalar = self._add("Squeeze", [positions], "count"), self._add("Squeeze", [zero], "zero_scalar")
+        index = self._add("Range", [zero_scalar, count, self._add("Squeeze", [one], "one_scalar")], "index")
         first = self._add("Equal", [index, zero], "first")
         kept = self._add("Or", [real, first], "kept")
         self.rows = self._add("Reshape", [self._add("NonZero", [kept], "nonzero"), self._const("rows_shape", [-1])],
                               "rows")
-        counted = self._add("CumSum", [self._add("Cast", [kept], "kept_int", to=TensorProto.INT64),
-                                       self._add("Squeeze", [zero], "axis")], "counted")
+        counted = self._add("CumSum", [self._add("Cast", [kept], "kept_int", to=TensorProto.INT64), zero_scalar],
+                            "counted")
         self.place = self._add("Max", [self._add("Sub", [counted, one], "counted_less_one"), zero], "place")
         self.batch_shape = self._add("Shape", [self.mask], "batch_shape")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -132,15 +134,16 @@ def with_past_export(tmp_path_factory, tiny_models) -> Path:
 
 @pytest.fixture(scope="session")
 def unpacked_encoder_export(tmp_path_factory, tiny_models) -> Path:
-    """tiny-v1 exported with every graph (layout all) and pack_encoder=False: the encoder computes the padding
-    too, as Optimum wrote it (the runner then encodes inputs of very different lengths in length groups)."""
-    from ortdecode_export import export_model
-
+    """tiny-v1 exported by the command line with every graph (--layout all) and --no-pack-encoder: the encoder
+    computes the padding too, as Optimum wrote it (the runner then encodes inputs of very different lengths in
+    length groups)."""
     root, done = model_root(tmp_path_factory, "unpacked-encoder")
     export = root / "onnx"
     if not done:
-        export_model(str(tiny_models["tiny-v1"].checkpoint), export, layout="all", pack_encoder=False,
-                     progress=False, force=True)
+        run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_models["tiny-v1"].checkpoint),
+                              str(export), "--layout", "all", "--no-pack-encoder", "--force"],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
         (root / "complete").touch()
     return export
 
