@@ -23,7 +23,8 @@ gathered into rows [tokens, features]:
 The graph's inputs and outputs do not change, nor its results at the real positions: rows of a GEMM do not
 depend on other rows. int8 graphs' dynamic quantization takes its range from the real tokens only.
 
-The manifest's `encoder_packs_tokens` tells the runner that its encoder needs no length groups.
+The manifest's `encoder_packs_tokens` tells the runner to group inputs by length only where attention over the
+padding would cost more than the extra calls (`runner._PACKED_ENCODER_COSTS`).
 """
 
 from __future__ import annotations

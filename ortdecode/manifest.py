@@ -102,8 +102,8 @@ class Manifest:
     # that buffer is also bound as the present output; the buffer may then have more columns than the cache
     # holds (the decoder attention mask, [rows, past + 1], says how many are cached). export/cache_in_place.py
     self_cache_in_place: bool = False
-    # The encoder computes its per-token work on the real tokens only (export/packed_encoder.py): padding costs
-    # it nothing, so the runner does not split a batch into length groups
+    # The encoder computes its per-token work on the real tokens only (export/packed_encoder.py): the runner splits
+    # a batch into length groups only when attention over the padding would cost more (runner._PACKED_ENCODER_COSTS)
     encoder_packs_tokens: bool = False
     versions: dict = field(default_factory=dict)
     export_options: dict = field(default_factory=dict)

@@ -387,9 +387,9 @@ class Runner:
         input_ids = np.ascontiguousarray(input_ids, dtype=np.int64)
         host_mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
         mask = self._to_device(host_mask)
-        groups = length_groups(_used_lengths_per_row(host_mask), multiple,
-                               copy_cost=_ENCODER_COPY_COST.get(self.manifest.quantization, _ENCODER_COPY_COST[None])) \
-            if self.device_type == "cpu" and not self.manifest.encoder_packs_tokens else None
+        costs = _PACKED_ENCODER_COSTS if self.manifest.encoder_packs_tokens else \
+            {"copy_cost": _ENCODER_COPY_COST.get(self.manifest.quantization, _ENCODER_COPY_COST[None])}
+        groups = length_groups(_used_lengths_per_row(host_mask), multiple, **costs) if self.device_type == "cpu" else None
         if groups is None:
             values = self._run_encoder(input_ids, mask)
         else:  # inputs of very different lengths: one call per group of similar lengths, less padding computed
@@ -760,13 +760,20 @@ _ENCODER_CALL_COST = 64
 # encoder's 120 us (float32) and 29.5 us (int8) on t5-small's shape, 2 cores (32 x 48 tokens: 7.5 ms). The
 # int8 figure kept 32 inputs of 16-48 tokens in one call: split, their first token took 69-72 ms, not 56-60.
 _ENCODER_COPY_COST = {None: 0.04, "int8-dynamic": 0.17}
+# A packed encoder (export/packed_encoder.py) computes each real token's projections once, however the inputs are
+# grouped: what a group saves is the padded positions that attention and the unpacked tensors still cover. Its
+# costs, in such positions: fitted to encoder calls on t5-small's shape, 2 cores, float32 and int8 alike (about
+# 50 us a position, 8-11 ms a call, 11.5 us a position copied): 32 inputs of 16-48 tokens stay in one call (80 ms
+# int8, 96 ms split in two), 32 of 5-200 tokens split in four (int8 282 -> 182 ms, float32 517 -> 425 ms).
+_PACKED_ENCODER_COSTS = {"call_cost": 180, "copy_cost": 0.23}
 
 
 def length_groups(lengths: np.ndarray, multiple: int = 1, max_groups: int = 4,
-                  copy_cost: float = _ENCODER_COPY_COST[None]) -> list[tuple[np.ndarray, int]] | None:
+                  copy_cost: float = _ENCODER_COPY_COST[None],
+                  call_cost: float = _ENCODER_CALL_COST) -> list[tuple[np.ndarray, int]] | None:
     """The encoder's rows in groups of similar length, each run padded only to its own longest input:
     [(rows, padded length), ...], or None when one call over the whole batch costs least. Cost: token
-    positions computed (rows x padded length per call) plus `_ENCODER_CALL_COST` per call, and for groups
+    positions computed (rows x padded length per call) plus `call_cost` per call, and for groups
     `copy_cost` per position of the whole batch (their outputs copied into one); the groups are runs of the
     inputs sorted by length, cut at equal counts."""
     count = len(lengths)
@@ -777,7 +784,7 @@ def length_groups(lengths: np.ndarray, multiple: int = 1, max_groups: int = 4,
 
     def cost(cuts: list[int]) -> float:
         bounds = [0, *cuts, count]
-        return sum((end - start) * int(padded[end - 1]) + _ENCODER_CALL_COST
+        return sum((end - start) * int(padded[end - 1]) + call_cost
                    for start, end in zip(bounds, bounds[1:])) + (copy_cost * count * int(padded[-1]) if cuts else 0)
 
     best, best_cuts = cost([]), []

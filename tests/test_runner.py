@@ -251,14 +251,14 @@ def test_kv_cache_goes_from_step_to_step_without_copies(tiny_v1, monkeypatch, la
 
 @settings(max_examples=200, deadline=None)
 @given(lengths=st.lists(st.integers(0, 300), min_size=1, max_size=64), multiple=st.sampled_from([1, 16]),
-       copy_cost=st.sampled_from([0.0, 0.04, 0.17]))
-def test_length_groups_partition_the_rows_and_cost_less_than_one_call(lengths, multiple, copy_cost):
-    from ortdecode.runner import _ENCODER_CALL_COST, length_groups
+       copy_cost=st.sampled_from([0.0, 0.04, 0.17, 0.23]), call_cost=st.sampled_from([64, 180]))
+def test_length_groups_partition_the_rows_and_cost_less_than_one_call(lengths, multiple, copy_cost, call_cost):
+    from ortdecode.runner import length_groups
 
     lengths = np.array(lengths)
     width_of_all = int(-(-max(lengths.max(), 1) // multiple) * multiple)
-    one_call = len(lengths) * width_of_all + _ENCODER_CALL_COST
-    groups = length_groups(lengths, multiple, copy_cost=copy_cost)
+    one_call = len(lengths) * width_of_all + call_cost
+    groups = length_groups(lengths, multiple, copy_cost=copy_cost, call_cost=call_cost)
     if groups is None:
         return
     rows = np.concatenate([r for r, _ in groups])
@@ -266,7 +266,7 @@ def test_length_groups_partition_the_rows_and_cost_less_than_one_call(lengths, m
     for group_rows, width in groups:
         assert (lengths[group_rows] <= width).all() and width % multiple == 0 and width >= 1
     copying = copy_cost * len(lengths) * width_of_all  # the groups' outputs put back together
-    assert sum(len(r) * width + _ENCODER_CALL_COST for r, width in groups) + copying < one_call
+    assert sum(len(r) * width + call_cost for r, width in groups) + copying < one_call
 
 
 def test_int8_encoders_keep_inputs_of_similar_lengths_in_one_call_where_float32_ones_split_them():
@@ -280,13 +280,27 @@ def test_int8_encoders_keep_inputs_of_similar_lengths_in_one_call_where_float32_
     assert length_groups(mixed, copy_cost=_ENCODER_COPY_COST["int8-dynamic"]) is not None
 
 
+def test_packed_encoders_split_only_inputs_of_very_different_lengths():
+    """A packed encoder computes each real token once however the inputs are grouped: the harness's 32 inputs of
+    16-48 tokens stay in one call (an unpacked float32 encoder splits them), 32 of 5-200 tokens are split."""
+    from ortdecode.runner import _ENCODER_COPY_COST, _PACKED_ENCODER_COSTS, length_groups
+
+    similar = np.random.default_rng(0).integers(16, 49, 32)
+    assert length_groups(similar, **_PACKED_ENCODER_COSTS) is None
+    assert length_groups(similar, copy_cost=_ENCODER_COPY_COST[None]) is not None
+    mixed = np.clip(np.round(np.random.default_rng(1).lognormal(np.log(40), 0.8, 32)), 5, 200).astype(int)
+    mixed[0], mixed[-1] = 5, 200
+    groups = length_groups(mixed, **_PACKED_ENCODER_COSTS)
+    assert groups is not None and len(groups) == 4
+
+
 @pytest.mark.parametrize("layout", ["with-past", "split"])  # the encoder returns the cross cache / hidden states
 @pytest.mark.parametrize("packed", [True, False], ids=["packed-encoder", "unpacked-encoder"])
 def test_inputs_of_very_different_lengths_skip_the_padding_and_decode_as_alone(tiny_v1, unpacked_encoder_export,
                                                                               layout, packed, monkeypatch):
-    """A packed encoder (the default export) runs once on the whole batch, its per-token work on the real tokens
-    only; an unpacked one runs once per group of similar lengths. Either way every input's encoder output (at its
-    real positions), logits and generated tokens are those it gets alone."""
+    """A packed encoder (the default export) runs once on these 8 inputs (5 to 40 tokens), its per-token work on
+    the real tokens only; an unpacked one runs once per group of similar lengths. Either way every input's encoder
+    output (at its real positions), logits and generated tokens are those it gets alone."""
     generator = ortdecode.load(tiny_v1.export if packed else unpacked_encoder_export, provider="cpu",
                                decoder_layout=layout)
     assert generator.manifest.encoder_packs_tokens is packed

@@ -125,8 +125,8 @@ LISTED = [
            "        if madvise(start, end - start, _MADV_RANDOM) != 0:\n",
            "        if True:\n",
            "one generation would map most of the embedding (memory), not the rows it reads"),
-    Mutant("packed encoder still split into length groups", "runner.py",
-           'if self.device_type == "cpu" and not self.manifest.encoder_packs_tokens else None',
-           'if self.device_type == "cpu" else None',
-           "an encoder that skips the padding already is run once per length group, its outputs copied together"),
+    Mutant("packed encoder costed as an unpacked one", "runner.py",
+           "costs = _PACKED_ENCODER_COSTS if self.manifest.encoder_packs_tokens else",
+           "costs = {} if self.manifest.encoder_packs_tokens else",
+           "an encoder that skips the padding already is split for little padding, its outputs copied together"),
 ]
