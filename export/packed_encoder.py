@@ -149,14 +149,18 @@ class _Packer:
         """Emit `name` in its own form, from its packed rows."""
         if name in self.unpacked or name not in self.packed:
             return
-        packed = self.packed[name]
-        rows = self._add("Gather", [packed, self.place], f"unpack/{name}", axis=0)
-        tail = _PREFIX + f"tail/{name}"
-        self.nodes += _dims(packed, 1, self.rank.get(name, 3) - 1, tail, self.opset)
-        shape = self._add("Concat", [self.batch_shape, tail], f"shape/{name}", axis=0)
+        rows = self._add("Gather", [self.packed[name], self.place], f"unpack/{name}", axis=0)
+        shape = self._unpacked_shape(name, _PREFIX + f"shape/{name}")
         self.nodes.append(helper.make_node("Reshape", [rows, shape], [name], name=_PREFIX + f"reshape/{name}"))
         self.unpacked.add(name)
         self.unpack_count += 1
+
+    def _unpacked_shape(self, name: str, out: str) -> str:
+        """Emit `out` = the shape `name` has unpacked: [inputs, positions] + its packed rows' shape past the first axis."""
+        tail = _PREFIX + f"tail/{out}"
+        self.nodes += _dims(self.packed[name], 1, self.rank.get(name, 3) - 1, tail, self.opset)
+        self.nodes.append(helper.make_node("Concat", [self.batch_shape, tail], [out], axis=0, name=_PREFIX + out))
+        return out
 
     def _packed_clone(self, node: onnx.NodeProto, inputs: list[str], packed_outputs: list[int]) -> None:
         clone = onnx.NodeProto()
@@ -223,10 +227,7 @@ class _Packer:
             self._packed_clone(node, rewritten, [0])
             return True
         if op == "Shape" and inputs[0] in self.packed and inputs[0] not in self.unpacked and not node.attribute:
-            tail = _PREFIX + f"shape_tail/{node.output[0]}"
-            self.nodes += _dims(self.packed[inputs[0]], 1, self.rank.get(inputs[0], 3) - 1, tail, self.opset)
-            self.nodes.append(helper.make_node("Concat", [self.batch_shape, tail], [node.output[0]], axis=0,
-                                               name=_PREFIX + node.output[0]))
+            self._unpacked_shape(inputs[0], node.output[0])
             return True
         return False
 
