@@ -15,32 +15,16 @@ Writes benchmarks/results/<tag>.json, .md and .png.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import artifacts
-from .run import machine_info, versions
+from .graph_pair import best_ms, header, parse_args, result_of, session, write
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+PROG = "python -m benchmarks.attention_fusion"
 SHAPES = [(1, 40), (16, 40), (32, 60), (128, 60)]  # (rows, past self-attention length)
 ENCODER_LENGTH = 23
-
-
-def session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def decoder_feeds(manifest, rows: int, past: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -58,17 +42,6 @@ def decoder_feeds(manifest, rows: int, past: int, rng: np.random.Generator) -> d
                              (layer.past_cross_key, ENCODER_LENGTH), (layer.past_cross_value, ENCODER_LENGTH)):
             feeds[name] = rng.standard_normal((rows, manifest.num_heads, length, manifest.d_kv)).astype(np.float32)
     return feeds
-
-
-def best_ms(sessions, feeds, rounds: int, runs: int) -> list[float]:
-    best = [float("inf")] * len(sessions)
-    for _ in range(rounds):
-        for i, sess in enumerate(sessions):
-            start = time.perf_counter()
-            for _ in range(runs):
-                sess.run(None, feeds)
-            best[i] = min(best[i], (time.perf_counter() - start) / runs * 1000)
-    return best
 
 
 def measure_variant(variant: str, checkpoint: Path, args, progress) -> dict:
@@ -93,13 +66,7 @@ def measure_variant(variant: str, checkpoint: Path, args, progress) -> dict:
 
 
 def markdown(result: dict) -> str:
-    machine, ver = result["machine"], result["versions"]
-    lines = ["# Attention fusion: with-past decoder step, fused vs unfused (CPU)", "",
-             f"Measured {result['measured']} on {machine.get('cpu', '?')} ({machine['cpu_count']} CPU cores, load "
-             f"average {machine.get('load_average_at_start', ['?'])[0]} at the start), commit {ver['commit']}, "
-             f"{result['threads']} threads, best of {result['rounds']} rounds x {result['runs']} runs, "
-             f"the two graphs alternating in one process; onnxruntime {ver['onnxruntime']}.", "",
-             f"`{result['command']}`", "",
+    lines = [*header(result, "Attention fusion: with-past decoder step, fused vs unfused (CPU)"),
              "| variant | rows | past | unfused ms | fused ms | fused / unfused | max abs diff |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for v in result["variants"]:
@@ -131,29 +98,14 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.attention_fusion",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tag", default="attention-fusion")
-    args = parser.parse_args(argv)
+    args = parse_args(PROG, __doc__, argv, runs=20, tag="attention-fusion")
 
     from tqdm import tqdm
 
     checkpoint, _ = artifacts.checkpoint_for("t5-small")
     with tqdm(total=len(args.variants) * len(SHAPES), desc="attention fusion", unit="shape") as progress:
         variants = [measure_variant(v, checkpoint, args, progress) for v in args.variants]
-    result = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info("cpu"),
-              "versions": versions(), "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-              "command": " ".join(["python -m benchmarks.attention_fusion", *(sys.argv[1:] if argv is None else argv)]),
-              "variants": variants}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.tag}.md").write_text(markdown(result))
-    plot(result, RESULTS / f"{args.tag}.png")
-    print(markdown(result))
+    write(result_of(PROG, args, argv, variants), args.tag, markdown, plot)
 
 
 if __name__ == "__main__":

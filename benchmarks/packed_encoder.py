@@ -15,21 +15,16 @@ Writes benchmarks/results/<tag>.json, .md and .png.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import artifacts
-from .attention_fusion import best_ms, session
 from .engines import padded
-from .run import machine_info, make_mixed_sources, make_sources, versions
+from .graph_pair import best_ms, header, parse_args, result_of, session, write
+from .run import make_mixed_sources, make_sources
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+PROG = "python -m benchmarks.packed_encoder"
 BATCHES = [("batch 1", 1), ("batch 8", 8), ("batch 32", 32), ("mixed 32", 32)]
 
 
@@ -69,14 +64,9 @@ def measure_variant(variant: str, checkpoint: Path, args, progress) -> dict:
 
 
 def markdown(result: dict) -> str:
-    machine, ver = result["machine"], result["versions"]
-    lines = ["# Packed encoder: encoder call, packed vs unpacked (CPU)", "",
-             f"Measured {result['measured']} on {machine.get('cpu', '?')} ({machine['cpu_count']} CPU cores, load "
-             f"average {machine.get('load_average_at_start', ['?'])[0]} at the start), commit {ver['commit']}, "
-             f"{result['threads']} threads, best of {result['rounds']} rounds x {result['runs']} runs, "
-             f"the two graphs alternating in one process; onnxruntime {ver['onnxruntime']}. t5-small-shaped "
-             "random model; the whole padded batch in one call (the runner's length groups not used).", "",
-             f"`{result['command']}`", "",
+    lines = [*header(result, "Packed encoder: encoder call, packed vs unpacked (CPU)",
+                     "t5-small-shaped random model; the whole padded batch in one call (the runner's length groups "
+                     "not used)."),
              "| variant | inputs | positions | real tokens | unpacked ms | packed ms | packed / unpacked "
              "| max abs diff (real positions) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -112,28 +102,14 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.packed_encoder", description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tag", default="packed-encoder")
-    args = parser.parse_args(argv)
+    args = parse_args(PROG, __doc__, argv, runs=5, tag="packed-encoder")
 
     from tqdm import tqdm
 
     checkpoint, _ = artifacts.checkpoint_for("t5-small")
     with tqdm(total=len(args.variants) * len(BATCHES), desc="packed encoder", unit="batch") as progress:
         variants = [measure_variant(v, checkpoint, args, progress) for v in args.variants]
-    result = {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info("cpu"),
-              "versions": versions(), "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-              "command": " ".join(["python -m benchmarks.packed_encoder", *(sys.argv[1:] if argv is None else argv)]),
-              "variants": variants}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{args.tag}.md").write_text(markdown(result))
-    plot(result, RESULTS / f"{args.tag}.png")
-    print(markdown(result))
+    write(result_of(PROG, args, argv, variants), args.tag, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""Two graphs of one model measured in turns in one process (the pass benchmarks: `benchmarks.attention_fusion`,
+`benchmarks.packed_encoder`): their sessions, the timing, the command line, and the results written as
+benchmarks/results/<tag>.json, .md and .png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .run import machine_info, versions
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def best_ms(sessions, feeds, rounds: int, runs: int) -> list[float]:
+    """Each session's best mean ms per run over `rounds` rounds of `runs` runs, the sessions alternating."""
+    best = [float("inf")] * len(sessions)
+    for _ in range(rounds):
+        for i, sess in enumerate(sessions):
+            start = time.perf_counter()
+            for _ in range(runs):
+                sess.run(None, feeds)
+            best[i] = min(best[i], (time.perf_counter() - start) / runs * 1000)
+    return best
+
+
+def parse_args(prog: str, doc: str, argv, runs: int, tag: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tag", default=tag)
+    return parser.parse_args(argv)
+
+
+def result_of(prog: str, args: argparse.Namespace, argv, variants: list[dict]) -> dict:
+    return {"measured": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_info("cpu"),
+            "versions": versions(), "threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+            "command": " ".join([prog, *(sys.argv[1:] if argv is None else argv)]), "variants": variants}
+
+
+def header(result: dict, title: str, what: str = "") -> list[str]:
+    """The markdown's title and how the run was made (`what`: a sentence on the inputs, or nothing)."""
+    machine, ver = result["machine"], result["versions"]
+    return [f"# {title}", "",
+            f"Measured {result['measured']} on {machine.get('cpu', '?')} ({machine['cpu_count']} CPU cores, load "
+            f"average {machine.get('load_average_at_start', ['?'])[0]} at the start), commit {ver['commit']}, "
+            f"{result['threads']} threads, best of {result['rounds']} rounds x {result['runs']} runs, "
+            f"the two graphs alternating in one process; onnxruntime {ver['onnxruntime']}." + (f" {what}" if what else ""),
+            "", f"`{result['command']}`", ""]
+
+
+def write(result: dict, tag: str, markdown, plot) -> None:
+    """benchmarks/results/<tag>.json, .md (`markdown(result)`) and .png (`plot(result, path)`); prints the markdown."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{tag}.md").write_text(markdown(result))
+    plot(result, RESULTS / f"{tag}.png")
+    print(markdown(result))
