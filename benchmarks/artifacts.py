@@ -69,20 +69,25 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
                "int8-unfused": {"quantize": "int8", "fuse_attention": False},
                "fp32-unpacked": {"pack_encoder": False},
                "int8-unpacked": {"quantize": "int8", "pack_encoder": False},
+               "fp32-unoptimized": {"ort_optimize": False},
+               "int8-unoptimized": {"quantize": "int8", "ort_optimize": False},
                # the graphs Optimum's ORTModelForSeq2SeqLM reads: encoder, decoder and decoder with past as
                # Optimum wrote them (ortdecode's CPU default, one rewritten with-past decoder, is not one of them)
-               "optimum": {"layout": "split", "fuse_attention": False, "pack_encoder": False}}[variant]
+               "optimum": {"layout": "split", "fuse_attention": False, "pack_encoder": False, "ort_optimize": False}
+               }[variant]
     target = options.get("target", "cpu")
     layout = options.get("layout") or default_layout(target)
     fused = fuses_attention(target, layout, options.get("fuse_attention", True))
     from transformers import AutoConfig
 
     packed = packs_encoder_tokens(target, AutoConfig.from_pretrained(checkpoint), options.get("pack_encoder", True))
+    optimized = target == "cpu" and options.get("ort_optimize", True)
     if _done(path):
         manifest = json.loads((path / "ortdecode.json").read_text())
         made = manifest["export_options"]
         if made["layout"] == layout and ("attention_fusion" in made) == fused and \
-                (not fused or manifest.get("self_cache_in_place")) and manifest.get("encoder_packs_tokens", False) == packed:
+                (not fused or manifest.get("self_cache_in_place")) and \
+                manifest.get("encoder_packs_tokens", False) == packed and ("ort_optimized" in made) == optimized:
             return path  # made before with today's options (an older exporter's export is made again)
     export_model(str(checkpoint), path, force=True, progress=False, **options)
     return _mark(path)

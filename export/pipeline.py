@@ -187,7 +187,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                  quantize: str | None = None, layout: str | None = None, opset: int | None = None,
                  atol: float | None = None, validate: bool = True, force: bool = False,
                  progress: bool = True, decoder_mask: bool = True, fuse_attention: bool = True,
-                 pack_encoder: bool = True) -> mf.Manifest:
+                 pack_encoder: bool = True, ort_optimize: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
 
     The export is built beside OUT_DIR and moved into place when complete; a second export into the
@@ -204,7 +204,9 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
     fuse_attention: CPU targets: the with-past decoder's attention blocks become ONNX Runtime's MultiHeadAttention
     (`attention_fusion`; the manifest's export_options["attention_fusion"] says how many).
     pack_encoder: CPU targets: the encoder's per-token work runs on the real tokens only, not on the padding
-    (`packed_encoder`; the manifest's `encoder_packs_tokens`)."""
+    (`packed_encoder`; the manifest's `encoder_packs_tokens`).
+    ort_optimize: CPU targets: each graph is saved as ONNX Runtime's CPU provider optimizes it (`ort_optimize`;
+    the manifest's export_options["ort_optimized"]), so that loading it does not optimize it again."""
     from .adopt import adopt_optimum_export, is_optimum_export
 
     out_dir = Path(out_dir)
@@ -233,6 +235,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
         steps += ["fuse attention"] if fusing else []
         packing = packs_encoder_tokens(target, config, pack_encoder)
         steps += ["pack the encoder's tokens"] if packing else []
+        optimizing = ort_optimize and target == "cpu"
+        steps += ["optimize for ONNX Runtime's CPU provider"] if optimizing else []
         steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
         notes: list[str] = []
         with tqdm(total=len(steps), desc="export", unit="step", disable=not progress, file=sys.stderr) as bar, \
@@ -266,7 +270,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         raise ExportError(f"MODEL {model!r}: --layout {layout} cannot compute the cross-attention "
                                           f"cache in the encoder: {exc}; use --layout split") from None
                     advance()
-                fusion, packed = None, None
+                fusion, packed, optimized = None, None, {}
                 for role in roles:
                     source, final = work / OPTIMUM_FILES[role], staging / OPTIMUM_FILES[role]
                     if not source.exists():
@@ -298,6 +302,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         from .cross_cache import store_weights_externally
 
                         store_weights_externally(final)
+                    if optimizing:  # last: it saves the graph that the passes above wrote, optimized
+                        from .ort_optimize import save_ort_optimized
+
+                        optimized[final.name] = save_ort_optimized(final)
                 if target == "cuda":
                     advance()
                 if quantize:
@@ -305,6 +313,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                 if fusing:
                     advance()
                 if packing:
+                    advance()
+                if optimizing:
                     advance()
                 for name in ("config.json", "generation_config.json"):
                     if (work / name).exists():
@@ -317,6 +327,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                 export_options["attention_fusion"] = f"{OPTIMUM_FILES[mf.DECODER_WITH_PAST]}: {fusion}"
             if packed is not None:
                 export_options["packed_encoder"] = f"{OPTIMUM_FILES[mf.ENCODER]}: {packed}"
+            if optimized:
+                from .ort_optimize import optimized_by
+
+                export_options["ort_optimized"] = {**optimized_by(), "graphs": optimized}
             manifest = write_manifest(staging, config, tokenizer, roles, source=_recorded_source(model), dtype=dtype,
                                       target=target, quantization="int8-dynamic" if quantize else None,
                                       export_options=export_options,

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-pack-encoder", action="store_true",
                         help="CPU: let the encoder compute the padding too, as Optimum's graph does (by default "
                              "its per-token work runs on the real tokens only)")
+    export.add_argument("--no-ort-optimize", action="store_true",
+                        help="CPU: save the graphs as the passes wrote them, for ONNX Runtime to optimize at every "
+                             "load (by default they are saved as its CPU provider optimizes them, which loads faster "
+                             "but ties them to a recent onnxruntime)")
     export.add_argument("--force", action="store_true", help="replace OUT_DIR when it holds a previous export")
 
     adopt = commands.add_parser("adopt", help="make a plain Optimum export folder an ortdecode export")
@@ -382,7 +386,7 @@ def _export(args) -> int:
     manifest = export_model(args.model, args.out_dir, target=target, fp16=fp16, quantize=args.quantize,
                             layout=args.layout, opset=args.opset, atol=args.atol, validate=not args.no_validate,
                             force=args.force, fuse_attention=not args.no_fuse_attention,
-                            pack_encoder=not args.no_pack_encoder)
+                            pack_encoder=not args.no_pack_encoder, ort_optimize=not args.no_ort_optimize)
     print(_export_summary(Path(args.out_dir), manifest))
     return 0
 

@@ -26,7 +26,9 @@ import io
 import logging
 import mmap
 import sys
+import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,9 +165,12 @@ class DecoderState:
 class Runner:
     def __init__(self, folder: str | Path, manifest: mf.Manifest, provider: str = "auto", threads: int | None = None,
                  decoder_layout: str = "auto", session_options: ort.SessionOptions | None = None,
-                 share_weights: bool = False, external_data_checked: bool = False):
+                 share_weights: bool = False, external_data_checked: bool = False,
+                 while_building: Callable[[], object] | None = None):
         """external_data_checked: `verify_checksums` found that each graph names the external data the manifest
-        lists (then the manifest's list is checked to lie inside the folder, instead of the graph read again)."""
+        lists (then the manifest's list is checked to lie inside the folder, instead of the graph read again).
+        while_building: work for this thread while ONNX Runtime builds the CPU sessions in threads of their own
+        (the generator reads its tokenizer); on CUDA it runs after them."""
         self.folder = Path(folder)
         self.manifest = manifest
         self._external_data_checked = external_data_checked
@@ -206,7 +211,8 @@ class Runner:
         # Measured before `force_spinning_stop`: a 32-row t5-small step went from 22 to 38 ms on 2 cores when the
         # reorder had its own pool spinning after its runs: it has options of its own.
         others = {role: None for role in graph_roles(self.layout) if role not in (mf.ENCODER, mf.CACHE_REORDER)}
-        self.provider, sessions = self._open_sessions(provider, {**others, mf.CACHE_REORDER: reorder_options})
+        self.provider, sessions = self._open_sessions(provider, {**others, mf.CACHE_REORDER: reorder_options},
+                                                      while_building or (lambda: None))
         self.device_type = "cuda" if self.provider == "cuda" else "cpu"
         self.device_id = 0
         self.encoder = sessions[mf.ENCODER]
@@ -239,21 +245,31 @@ class Runner:
             return [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0}), "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
 
-    def _open_sessions(self, provider: str, others: dict[str, ort.SessionOptions | None]):
+    def _open_sessions(self, provider: str, others: dict[str, ort.SessionOptions | None],
+                       while_building: Callable[[], object]):
         """(provider, role -> session) for the encoder and the roles in `others` (their options; None: the
         runner's). When the CPU provider is known before any session opens (asked for, or the only one this
         onnxruntime has), the sessions are built two at a time: ONNX Runtime releases the GIL while it
         optimizes a graph and prepacks its weights. Measured on t5-small (encoder and with-past decoder, 2
-        cores, three runs each, in turns): 0.31-0.42 s one after the other, 0.25-0.28 s two at a time."""
+        cores, three runs each, in turns): 0.31-0.42 s one after the other, 0.25-0.28 s two at a time.
+        `while_building` runs once both builds are about to enter ONNX Runtime: work that holds the GIL (reading
+        the tokenizer, 33 ms for T5's) delayed their start by as much when it ran beside them, in a thread of its
+        own or as soon as they were submitted."""
         if provider == "cpu" or (provider == "auto" and not cuda_available()):
             if provider == "auto":  # a CPU-only install chose this: said only when asked (`ortdecode -v`)
                 _log.info("CUDA is not available in this onnxruntime build; using the CPU provider")
             roles = {mf.ENCODER: None, **others}
+            entering = threading.Semaphore(0)
             with ThreadPoolExecutor(max_workers=2) as pool:
-                futures = {role: pool.submit(self._session, role, "cpu", options) for role, options in roles.items()}
+                futures = {role: pool.submit(self._session, role, "cpu", options, entering=entering)
+                           for role, options in roles.items()}
+                for _ in range(min(2, len(roles))):  # both builds about to enter ONNX Runtime
+                    entering.acquire(timeout=1.0)
+                while_building()
             return "cpu", {role: future.result() for role, future in futures.items()}
         provider, encoder = self._open_first_session(provider)
         sessions = {role: self._session(role, provider, options) for role, options in others.items()}
+        while_building()
         return provider, {mf.ENCODER: encoder, **sessions}
 
     def _open_first_session(self, provider: str):
@@ -300,13 +316,17 @@ class Runner:
         return options
 
     def _session(self, role: str, provider: str | None = None, options: ort.SessionOptions | None = None,
-                 fallback: bool = True) -> ort.InferenceSession:
+                 fallback: bool = True, entering: threading.Semaphore | None = None) -> ort.InferenceSession:
         """fallback=False: a provider that fails raises `ProviderError` (its first line), instead of ONNX
-        Runtime printing a banner on stdout and going on with the CPU provider."""
+        Runtime printing a banner on stdout and going on with the CPU provider. entering: released when the
+        Python work before ONNX Runtime's is done (or failed)."""
         graph = self.manifest.graphs[role]
         path = self.folder / graph.file
-        # refuse weights outside the folder before ONNX Runtime reads them
-        mf.external_data_of(self.folder, graph.file, graph.external_data if self._external_data_checked else None)
+        try:  # refuse weights outside the folder before ONNX Runtime reads them
+            mf.external_data_of(self.folder, graph.file, graph.external_data if self._external_data_checked else None)
+        finally:
+            if entering is not None:
+                entering.release()
         try:
             return ort.InferenceSession(str(path), options or self.options,
                                         providers=self._providers_for(provider or self.provider),
@@ -314,7 +334,19 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types here
             if not fallback:
                 raise ProviderError(str(exc).strip().splitlines()[0]) from exc
-            raise ModelFolderError(f"onnxruntime could not load {path} ({role}): {exc}".splitlines()[0]) from exc
+            problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFolderError(f"onnxruntime could not load {path} ({role}): {problem}"
+                                   f"{self._optimized_by_another_version()}") from exc
+
+    def _optimized_by_another_version(self) -> str:
+        """A hint for a graph ONNX Runtime could not load: the export saved its graphs as another onnxruntime
+        optimized them (export/ort_optimize.py), and they may name contrib ops this one lacks."""
+        optimized = self.manifest.export_options.get("ort_optimized")
+        made_by = optimized.get("onnxruntime") if isinstance(optimized, dict) else None
+        if not made_by or made_by == ort.__version__:
+            return ""
+        return (f" (the export's graphs were optimized by onnxruntime {made_by}, this is {ort.__version__}: "
+                f"install onnxruntime {made_by}, or export again with --no-ort-optimize)")
 
     def _check_names(self) -> None:
         n = self.names

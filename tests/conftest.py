@@ -134,14 +134,14 @@ def with_past_export(tmp_path_factory, tiny_models) -> Path:
 
 @pytest.fixture(scope="session")
 def unpacked_encoder_export(tmp_path_factory, tiny_models) -> Path:
-    """tiny-v1 exported by the command line with every graph (--layout all) and --no-pack-encoder: the encoder
-    computes the padding too, as Optimum wrote it (the runner then encodes inputs of very different lengths in
-    length groups)."""
+    """tiny-v1 exported by the command line with every graph (--layout all), --no-pack-encoder and
+    --no-ort-optimize: the encoder computes the padding too, as Optimum wrote it (the runner then encodes inputs
+    of very different lengths in length groups; test_packed_encoder runs the pass on it)."""
     root, done = model_root(tmp_path_factory, "unpacked-encoder")
     export = root / "onnx"
     if not done:
         run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_models["tiny-v1"].checkpoint),
-                              str(export), "--layout", "all", "--no-pack-encoder", "--force"],
+                              str(export), "--layout", "all", "--no-pack-encoder", "--no-ort-optimize", "--force"],
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
         (root / "complete").touch()

@@ -22,10 +22,11 @@ DECODER = "decoder_with_past_model.onnx"
 
 @pytest.fixture(scope="module")
 def unfused_export(tiny_v1, tmp_path_factory):
-    """tiny-v1 exported by the command line with --no-fuse-attention (the default with-past layout)."""
+    """tiny-v1 exported by the command line with --no-fuse-attention (the default with-past layout) and
+    --no-ort-optimize: the graphs as Optimum wrote them, for the pass to run on."""
     out = tmp_path_factory.mktemp("unfused") / "onnx"
     run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_v1.checkpoint), str(out),
-                          "--no-fuse-attention", "--no-validate"], capture_output=True, text=True)
+                          "--no-fuse-attention", "--no-ort-optimize", "--no-validate"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return out
 
@@ -35,7 +36,8 @@ def unfused_int8_export(tiny_v1, tmp_path_factory):
     """The same with --quantize int8: the pass runs after quantization, on the graph the quantizer wrote."""
     out = tmp_path_factory.mktemp("unfused-int8") / "onnx"
     run = subprocess.run([sys.executable, "-m", "ortdecode.cli", "export", str(tiny_v1.checkpoint), str(out),
-                          "--quantize", "int8", "--no-fuse-attention", "--no-validate"], capture_output=True, text=True)
+                          "--quantize", "int8", "--no-fuse-attention", "--no-ort-optimize", "--no-validate"],
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return out
 

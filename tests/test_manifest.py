@@ -246,8 +246,10 @@ def external_data_export(export_copy):
     from ortdecode.manifest import sha256_of
 
     model = onnx.load(export_copy / "encoder_model.onnx")
+    # onnx's threshold, as the exporters use it: ONNX Runtime cannot infer shapes from a small shape constant
+    # stored outside (the saved graphs hold those as initializers)
     onnx.save(model, export_copy / "encoder_model.onnx", save_as_external_data=True, location="encoder.weights",
-              size_threshold=0)
+              size_threshold=1024)
 
     def change(data):
         data["graphs"]["encoder"].update(sha256=sha256_of(export_copy / "encoder_model.onnx"),

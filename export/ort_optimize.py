@@ -1,0 +1,105 @@
+"""CPU graphs saved as ONNX Runtime optimizes them, so that a load does not optimize them again.
+
+ONNX Runtime rewrites every graph it loads (`GraphOptimizationLevel`): constant folding, then fusions into its
+CPU contrib ops (FusedMatMul, SkipSimplifiedLayerNormalization, DynamicQuantizeMatMul...), then, at the last
+level, layout changes for the machine it runs on. The first two levels give the same graph on any CPU and are
+what ONNX Runtime's docs allow to be saved ahead of time ("offline"); the layout level is hardware-specific, so
+the export saves the graph after the extended level and the runner still asks for every level: the
+layout passes run at load, over a graph that has nothing else left to fuse.
+
+Measured on t5-small (2 cores, `python -m benchmarks.load_time`): building the encoder and the with-past
+decoder sessions side by side took 0.125-0.141 s from the graphs as the passes wrote them against 0.096-0.102 s
+from the saved ones (int8, where the fusions of the quantized MatMuls dominate), and 0.213-0.239 against
+0.178-0.208 s (float32, where prepacking the weights dominates, which no saved graph avoids).
+
+The saved graph computes what the runner computed before: the same fusions, made once. ONNX Runtime writes
+every attribute of the operators it creates, defaults included, and an older onnxruntime refuses an attribute
+it does not know (1.22 refused GroupQueryAttention's `k_quant_type`, which 1.32 wrote as its default "NONE"):
+attributes equal to their schema's default are left out again, so the graph runs on the onnxruntime versions
+that know its operators. The manifest records the version that optimized it (`export_options.ort_optimized`),
+which a load names when a graph cannot be read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+# initializers this large or larger go to the external data file (`store_weights_externally`'s threshold)
+_EXTERNAL_MIN_BYTES = 1024
+
+
+def optimized_by() -> dict:
+    """What the manifest records of the optimization (export_options["ort_optimized"], with "graphs")."""
+    return {"onnxruntime": ort.__version__, "level": "extended"}
+
+
+def save_ort_optimized(graph_file: Path) -> str:
+    """Replace `graph_file` (and its `<name>.data`, when its weights are outside) with the graph ONNX Runtime's
+    CPU provider builds at the extended optimization level; returns what changed, e.g. "412 -> 187 nodes"."""
+    before = onnx.load(str(graph_file), load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in before.graph.initializer)
+    nodes_before = len(before.graph.node)
+    del before
+    with tempfile.TemporaryDirectory(prefix=".ort-optimized-", dir=graph_file.parent) as work:
+        optimized = Path(work) / graph_file.name
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        if external:  # the same file name as before, beside the graph
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             graph_file.name + ".data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             str(_EXTERNAL_MIN_BYTES))
+        # the saved graph holds the weights as they are: packing them for this session would only cost time
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        ort.InferenceSession(str(graph_file), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(str(optimized), load_external_data=False)
+        drop_default_attributes(model)
+        onnx.save(model, str(optimized))
+        nodes_after = len(model.graph.node)
+        if external:
+            shutil.move(str(optimized) + ".data", str(graph_file) + ".data")
+        shutil.move(str(optimized), str(graph_file))
+    return f"{nodes_before} -> {nodes_after} nodes"
+
+
+def _schemas() -> dict[tuple[str, str], list]:
+    """(domain, operator) -> ONNX Runtime's schemas of it, every version (the standard ops' and its own)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+    schemas: dict[tuple[str, str], list] = {}
+    for schema in ort_c.get_all_operator_schema():
+        schemas.setdefault((schema.domain or "ai.onnx", schema.name), []).append(schema)
+    return schemas
+
+
+def drop_default_attributes(model: onnx.ModelProto) -> int:
+    """Remove from every node the attributes whose value is their schema's default (for the graph's opset of
+    that domain); returns how many."""
+    opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    schemas, dropped = _schemas(), 0
+    for node in model.graph.node:
+        domain = node.domain or "ai.onnx"
+        versions = [s for s in schemas.get((domain, node.op_type), []) if s.since_version <= opsets.get(domain, 1)]
+        if not versions:
+            continue
+        schema = max(versions, key=lambda s: s.since_version)
+        kept = []
+        for attribute in node.attribute:
+            spec = schema.attributes.get(attribute.name)
+            default = onnx.AttributeProto.FromString(spec._default_value) if spec is not None else None
+            if default is not None and default.type == attribute.type and \
+                    onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(attribute):
+                dropped += 1
+            else:
+                kept.append(attribute)
+        if len(kept) < len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    return dropped
