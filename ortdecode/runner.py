@@ -255,7 +255,9 @@ class Runner:
         `while_building` runs once both builds are about to enter ONNX Runtime: work that holds the GIL (reading
         the tokenizer, 33 ms for T5's) delayed their start by as much when it ran beside them, in a thread of its
         own or as soon as they were submitted."""
-        if provider == "cpu" or (provider == "auto" and not cuda_available()):
+        # A profiled load builds one session at a time: ONNX Runtime names a session's profile by the
+        # millisecond it started, and two sessions started together wrote one file.
+        if (provider == "cpu" or (provider == "auto" and not cuda_available())) and not self.options.enable_profiling:
             if provider == "auto":  # a CPU-only install chose this: said only when asked (`ortdecode -v`)
                 _log.info("CUDA is not available in this onnxruntime build; using the CPU provider")
             roles = {mf.ENCODER: None, **others}

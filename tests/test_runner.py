@@ -1,5 +1,7 @@
 """The runner: IO binding, cache layout, split vs merged graphs, beam reordering, providers."""
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -35,6 +37,22 @@ def test_cache_lives_in_ortvalues_with_the_manifest_shapes(generator):
     # exactly the cached columns, or (a graph updating its cache in place) a buffer with room for more
     assert columns == 2 or (generator.runner.self_cache_in_place and columns > 2)
     assert state.cross_cache[0].shape() == [len(ids), m.num_heads, ids.shape[1], m.d_kv]
+
+
+def test_a_profiled_load_writes_one_profile_per_session(with_past_export, tmp_path):
+    """ONNX Runtime names a profile by the millisecond its session started: sessions built side by side
+    (a CPU load) wrote one file between them."""
+    import json
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "ort")
+    generator = ortdecode.load(with_past_export, provider="cpu", session_options=options)
+    generator.generate(TEXTS[:2], max_new_tokens=3)
+    files = [session.end_profiling() for session in generator.runner.sessions]
+    assert len(set(files)) == len(files) == 3  # encoder, with-past decoder, cache reorder
+    runs = [sum(event.get("name") == "model_run" for event in json.loads(Path(file).read_text())) for file in files]
+    assert runs[:2] == [1, 3]  # one encoder run, three decoder steps (the reorder never ran: greedy)
 
 
 def test_split_and_merged_layouts_give_the_same_logits(tiny_v1):
