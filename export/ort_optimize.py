@@ -39,21 +39,23 @@ def optimized_by() -> dict:
 
 
 def save_ort_optimized(graph_file: Path) -> str:
-    """Replace `graph_file` (and its `<name>.data`, when its weights are outside) with the graph ONNX Runtime's
-    CPU provider builds at the extended optimization level; returns what changed, e.g. "412 -> 187 nodes"."""
+    """Replace `graph_file` (and its weights, when they are outside: then in `<name>.data`) with the graph ONNX
+    Runtime's CPU provider builds at the extended optimization level; returns what changed, e.g. "412 -> 187
+    nodes" (nodes of subgraphs, such as a merged decoder's branches, included)."""
     before = onnx.load(str(graph_file), load_external_data=False)
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in before.graph.initializer)
-    nodes_before = len(before.graph.node)
+    old_data = {entry.value for tensor in before.graph.initializer for entry in tensor.external_data
+                if entry.key == "location"}
+    nodes_before = _count_nodes(before.graph)
     del before
+    data_name = graph_file.name + ".data"
     with tempfile.TemporaryDirectory(prefix=".ort-optimized-", dir=graph_file.parent) as work:
         optimized = Path(work) / graph_file.name
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(optimized)
         options.log_severity_level = 3
-        if external:  # the same file name as before, beside the graph
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                             graph_file.name + ".data")
+        if old_data:  # outside again, in `<graph>.data` beside the graph
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_name)
             options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                              str(_EXTERNAL_MIN_BYTES))
         # the saved graph holds the weights as they are: packing them for this session would only cost time
@@ -62,44 +64,71 @@ def save_ort_optimized(graph_file: Path) -> str:
         model = onnx.load(str(optimized), load_external_data=False)
         drop_default_attributes(model)
         onnx.save(model, str(optimized))
-        nodes_after = len(model.graph.node)
-        if external:
-            shutil.move(str(optimized) + ".data", str(graph_file) + ".data")
+        nodes_after = _count_nodes(model.graph)
+        if old_data:
+            shutil.move(str(optimized) + ".data", str(graph_file.parent / data_name))
         shutil.move(str(optimized), str(graph_file))
+    # the graph's former weights file (Optimum's `<graph>_data` for graphs over 2 GB), named after it: gone
+    for name in old_data - {data_name}:
+        if Path(name).name == name and name.startswith(graph_file.name):
+            (graph_file.parent / name).unlink(missing_ok=True)
     return f"{nodes_before} -> {nodes_after} nodes"
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds in its attributes (If's branches, Loop's and Scan's bodies)."""
+    return [graph for attribute in node.attribute
+            for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs))]
+
+
+def _count_nodes(graph: onnx.GraphProto) -> int:
+    return sum(1 + sum(_count_nodes(sub) for sub in _subgraphs(node)) for node in graph.node)
+
+
 def _schemas() -> dict[tuple[str, str], list]:
-    """(domain, operator) -> ONNX Runtime's schemas of it, every version (the standard ops' and its own)."""
+    """(domain, operator) -> ONNX Runtime's schemas of the operators that are ONNX Runtime's own (contrib ops,
+    also those it registers in the ONNX domain, such as SimplifiedLayerNormalization), every version."""
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
 
     schemas: dict[tuple[str, str], list] = {}
     for schema in ort_c.get_all_operator_schema():
+        if schema.domain in ("", "ai.onnx") and onnx.defs.has(schema.name):
+            continue  # a standard operator: its attributes are fixed by the opset, every onnxruntime knows them
         schemas.setdefault((schema.domain or "ai.onnx", schema.name), []).append(schema)
     return schemas
 
 
 def drop_default_attributes(model: onnx.ModelProto) -> int:
-    """Remove from every node the attributes whose value is their schema's default (for the graph's opset of
-    that domain); returns how many."""
+    """Remove from every node of ONNX Runtime's own operators, subgraphs included, the attributes whose value is
+    their schema's default (for the graph's opset of that domain); returns how many. A newer onnxruntime adds an
+    attribute with the default that keeps the operator's former behaviour, so an older one reads the graph as
+    the newer one does."""
     opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
-    schemas, dropped = _schemas(), 0
-    for node in model.graph.node:
-        domain = node.domain or "ai.onnx"
-        versions = [s for s in schemas.get((domain, node.op_type), []) if s.since_version <= opsets.get(domain, 1)]
-        if not versions:
-            continue
-        schema = max(versions, key=lambda s: s.since_version)
-        kept = []
-        for attribute in node.attribute:
-            spec = schema.attributes.get(attribute.name)
-            default = onnx.AttributeProto.FromString(spec._default_value) if spec is not None else None
-            if default is not None and default.type == attribute.type and \
-                    onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(attribute):
-                dropped += 1
-            else:
-                kept.append(attribute)
-        if len(kept) < len(node.attribute):
-            del node.attribute[:]
-            node.attribute.extend(kept)
-    return dropped
+    schemas = _schemas()
+
+    def drop(graph: onnx.GraphProto) -> int:
+        dropped = 0
+        for node in graph.node:
+            for sub in _subgraphs(node):
+                dropped += drop(sub)
+            domain = node.domain or "ai.onnx"
+            versions = [s for s in schemas.get((domain, node.op_type), [])
+                        if s.since_version <= opsets.get(domain, 1)]
+            if not versions:
+                continue
+            schema = max(versions, key=lambda s: s.since_version)
+            kept = []
+            for attribute in node.attribute:
+                spec = schema.attributes.get(attribute.name)
+                default = onnx.AttributeProto.FromString(spec._default_value) if spec is not None else None
+                if default is not None and default.type == attribute.type and \
+                        onnx.helper.get_attribute_value(default) == onnx.helper.get_attribute_value(attribute):
+                    dropped += 1
+                else:
+                    kept.append(attribute)
+            if len(kept) < len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(kept)
+        return dropped
+
+    return drop(model.graph)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import itertools
 import logging
 import mmap
 import sys
@@ -160,6 +161,18 @@ class DecoderState:
     @property
     def past(self) -> int:
         return self.decoder_mask.shape[1]
+
+
+def _older(version: str, than: str) -> bool:
+    """Whether release `version` comes before `than` ("1.22.0" < "1.32.0"; "1.32.0.dev1" counts as 1.32.0)."""
+    def numbers(text: str) -> tuple[int, ...]:
+        parts = []
+        for part in text.split(".")[:3]:
+            digits = "".join(itertools.takewhile(str.isdigit, part))
+            parts.append(int(digits) if digits else 0)
+        return tuple(parts)
+
+    return numbers(version) < numbers(than)
 
 
 class Runner:
@@ -322,9 +335,9 @@ class Runner:
         """fallback=False: a provider that fails raises `ProviderError` (its first line), instead of ONNX
         Runtime printing a banner on stdout and going on with the CPU provider. entering: released when the
         Python work before ONNX Runtime's is done (or failed)."""
-        graph = self.manifest.graphs[role]
-        path = self.folder / graph.file
         try:  # refuse weights outside the folder before ONNX Runtime reads them
+            graph = self.manifest.graphs[role]
+            path = self.folder / graph.file
             mf.external_data_of(self.folder, graph.file, graph.external_data if self._external_data_checked else None)
         finally:
             if entering is not None:
@@ -334,21 +347,21 @@ class Runner:
                                         providers=self._providers_for(provider or self.provider),
                                         enable_fallback=int(fallback))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several unrelated types here
-            if not fallback:
-                raise ProviderError(str(exc).strip().splitlines()[0]) from exc
             problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if not fallback:
+                raise ProviderError(problem + self._optimized_by_a_newer_version()) from exc
             raise ModelFolderError(f"onnxruntime could not load {path} ({role}): {problem}"
-                                   f"{self._optimized_by_another_version()}") from exc
+                                   f"{self._optimized_by_a_newer_version()}") from exc
 
-    def _optimized_by_another_version(self) -> str:
-        """A hint for a graph ONNX Runtime could not load: the export saved its graphs as another onnxruntime
-        optimized them (export/ort_optimize.py), and they may name contrib ops this one lacks."""
+    def _optimized_by_a_newer_version(self) -> str:
+        """A hint for a graph ONNX Runtime could not load: the export saved its graphs as a newer onnxruntime
+        optimized them (export/ort_optimize.py), and they may name operators or attributes this one lacks."""
         optimized = self.manifest.export_options.get("ort_optimized")
         made_by = optimized.get("onnxruntime") if isinstance(optimized, dict) else None
-        if not made_by or made_by == ort.__version__:
+        if not made_by or not _older(ort.__version__, made_by):
             return ""
         return (f" (the export's graphs were optimized by onnxruntime {made_by}, this is {ort.__version__}: "
-                f"install onnxruntime {made_by}, or export again with --no-ort-optimize)")
+                f"install onnxruntime {made_by} or newer, or export again with --no-ort-optimize)")
 
     def _check_names(self) -> None:
         n = self.names

@@ -83,13 +83,39 @@ def test_optimizing_a_saved_graph_again_changes_nothing(with_past_export, tmp_pa
     assert save_ort_optimized(tmp_path / "decoder_with_past_model.onnx") == f"{nodes} -> {nodes} nodes"
 
 
-def test_graphs_with_their_weights_inside_stay_so(tiny_v1):
-    """--layout all (the tiny models' export) keeps the weights inside the graphs, optimized or not."""
+def nodes_at_every_depth(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                yield from nodes_at_every_depth(sub)
+
+
+def test_graphs_with_their_weights_inside_stay_so_and_subgraphs_are_optimized_too(tiny_v1):
+    """--layout all (the tiny models' export) keeps the weights inside the graphs, optimized or not; the merged
+    decoder is one If node whose branches ONNX Runtime optimized (its counts and defaults include them)."""
     manifest = json.loads((tiny_v1.export / "ortdecode.json").read_text())
-    assert set(manifest["export_options"]["ort_optimized"]["graphs"]) == {
-        "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx", "decoder_model_merged.onnx"}
+    graphs = manifest["export_options"]["ort_optimized"]["graphs"]
+    assert set(graphs) == {"encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx",
+                           "decoder_model_merged.onnx"}
     assert all(not graph["external_data"] for graph in manifest["graphs"].values())
-    assert "SimplifiedLayerNormalization" in op_types(tiny_v1.export / "decoder_model.onnx")
+    merged = onnx.load(str(tiny_v1.export / "decoder_model_merged.onnx"))
+    nodes = list(nodes_at_every_depth(merged.graph))
+    assert graphs["decoder_model_merged.onnx"].endswith(f" -> {len(nodes)} nodes") and len(nodes) > 100
+    norms = [node for node in nodes if node.op_type == "SimplifiedLayerNormalization"]
+    # axis=-1 and stash_type=1 are its defaults, left out; T5's epsilon (1e-6) is not
+    assert norms and all([a.name for a in node.attribute] == ["epsilon"] for node in norms)
+
+
+def test_a_graph_keeping_its_weights_in_optimums_data_file_keeps_them_in_one_file(with_past_export, tmp_path):
+    """Optimum writes the weights of graphs over 2 GB to `<graph>_data`: the saved graph's go to `<graph>.data`,
+    and the former file does not stay behind (an export would ship every weight twice)."""
+    graph = tmp_path / "decoder_with_past_model.onnx"
+    onnx.save(onnx.load(str(with_past_export / graph.name)), str(graph), save_as_external_data=True,
+              location=graph.name + "_data", size_threshold=1024)
+    save_ort_optimized(graph)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [graph.name, graph.name + ".data"]
+    ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("options", [{"do_sample": False}, {"num_beams": 3}],
@@ -116,14 +142,15 @@ def broken_copy(with_past_export, folder, optimized_by: str):
     return folder
 
 
-def test_a_graph_another_onnxruntime_optimized_says_so_when_it_cannot_load(with_past_export, tmp_path):
-    folder = broken_copy(with_past_export, tmp_path / "other", "0.9.0")
+def test_a_graph_a_newer_onnxruntime_optimized_says_so_when_it_cannot_load(with_past_export, tmp_path):
+    folder = broken_copy(with_past_export, tmp_path / "newer", "99.0.0")
     with pytest.raises(ModelFolderError, match=(
             rf"onnxruntime could not load .*encoder_model.onnx \(encoder\): .*NoSuchOp.* \(the export's graphs were "
-            rf"optimized by onnxruntime 0\.9\.0, this is {ort.__version__}: install onnxruntime 0\.9\.0, or export "
-            r"again with --no-ort-optimize\)$")):
+            rf"optimized by onnxruntime 99\.0\.0, this is {ort.__version__}: install onnxruntime 99\.0\.0 or "
+            r"newer, or export again with --no-ort-optimize\)$")):
         ortdecode.load(folder, provider="cpu")
-    same = broken_copy(with_past_export, tmp_path / "same", ort.__version__)
-    with pytest.raises(ModelFolderError) as raised:
-        ortdecode.load(same, provider="cpu")
-    assert "NoSuchOp" in str(raised.value) and "optimized by" not in str(raised.value)
+    for made_by in (ort.__version__, "1.0.0"):  # this onnxruntime, an older one: the hint would mislead
+        same = broken_copy(with_past_export, tmp_path / made_by, made_by)
+        with pytest.raises(ModelFolderError) as raised:
+            ortdecode.load(same, provider="cpu")
+        assert "NoSuchOp" in str(raised.value) and "optimized by" not in str(raised.value)
