@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from . import artifacts
-from .graph_pair import best_ms, header, parse_args, result_of, session, write
+from . import graph_pair
+from .graph_pair import best_ms, header, ratio_plot, session
 
 PROG = "python -m benchmarks.attention_fusion"
 SHAPES = [(1, 40), (16, 40), (32, 60), (128, 60)]  # (rows, past self-attention length)
@@ -78,34 +79,18 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    def draw(ax) -> None:
+        for v in result["variants"]:
+            ax.plot([f"{s['rows']}x{s['past']}" for s in v["shapes"]], [s["ratio"] for s in v["shapes"]], "o-",
+                    label=v["variant"])
+        ax.set_xlabel("rows x past length")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for v in result["variants"]:
-        ax.plot([f"{s['rows']}x{s['past']}" for s in v["shapes"]], [s["ratio"] for s in v["shapes"]], "o-",
-                label=v["variant"])
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("rows x past length")
-    ax.set_ylabel("fused / unfused step time")
-    ax.set_title("with-past decoder step: attention fusion (lower is faster)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ratio_plot(path, draw, "fused / unfused step time", "with-past decoder step: attention fusion (lower is faster)")
 
 
 def main(argv=None) -> None:
-    args = parse_args(PROG, __doc__, argv, runs=20, tag="attention-fusion")
-
-    from tqdm import tqdm
-
-    checkpoint, _ = artifacts.checkpoint_for("t5-small")
-    with tqdm(total=len(args.variants) * len(SHAPES), desc="attention fusion", unit="shape") as progress:
-        variants = [measure_variant(v, checkpoint, args, progress) for v in args.variants]
-    write(result_of(PROG, args, argv, variants), args.tag, markdown, plot)
+    graph_pair.main(PROG, __doc__, argv, runs=20, tag="attention-fusion", cases=len(SHAPES), unit="shape",
+                    measure_variant=measure_variant, markdown=markdown, plot=plot)
 
 
 if __name__ == "__main__":

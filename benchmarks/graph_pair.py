@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import artifacts
 from .run import machine_info, versions
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -63,6 +64,37 @@ def header(result: dict, title: str, what: str = "") -> list[str]:
             f"{result['threads']} threads, best of {result['rounds']} rounds x {result['runs']} runs, "
             f"the two graphs alternating in one process; onnxruntime {ver['onnxruntime']}." + (f" {what}" if what else ""),
             "", f"`{result['command']}`", ""]
+
+
+def ratio_plot(path: Path, draw, ylabel: str, title: str) -> None:
+    """A pass's ratio plot at `path`: `draw(ax)` plots the variants' ratios, over a line at 1.0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    draw(ax)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(prog: str, doc: str, argv, *, runs: int, tag: str, cases: int, unit: str, measure_variant, markdown,
+         plot) -> None:
+    """A pass benchmark's command: each variant measured on the t5-small-shaped model over `cases` inputs
+    (`measure_variant(variant, checkpoint, args, progress)`), the results written."""
+    from tqdm import tqdm
+
+    args = parse_args(prog, doc, argv, runs=runs, tag=tag)
+    checkpoint, _ = artifacts.checkpoint_for("t5-small")
+    with tqdm(total=len(args.variants) * cases, desc=tag.replace("-", " "), unit=unit) as progress:
+        variants = [measure_variant(v, checkpoint, args, progress) for v in args.variants]
+    write(result_of(prog, args, argv, variants), args.tag, markdown, plot)
 
 
 def write(result: dict, tag: str, markdown, plot) -> None:

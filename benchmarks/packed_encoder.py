@@ -21,7 +21,8 @@ import numpy as np
 
 from . import artifacts
 from .engines import padded
-from .graph_pair import best_ms, header, parse_args, result_of, session, write
+from . import graph_pair
+from .graph_pair import best_ms, header, ratio_plot, session
 from .run import make_mixed_sources, make_sources
 
 PROG = "python -m benchmarks.packed_encoder"
@@ -81,35 +82,19 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    def draw(ax) -> None:
+        for v in result["variants"]:
+            ax.plot([b["batch"] for b in v["batches"]], [b["ratio"] for b in v["batches"]], "o-", label=v["variant"])
+        first = result["variants"][0]["batches"]
+        ax.plot([b["batch"] for b in first], [b["real_tokens"] / b["positions"] for b in first], "k--", lw=0.8,
+                label="real tokens / positions")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for v in result["variants"]:
-        ax.plot([b["batch"] for b in v["batches"]], [b["ratio"] for b in v["batches"]], "o-", label=v["variant"])
-    first = result["variants"][0]["batches"]
-    ax.plot([b["batch"] for b in first], [b["real_tokens"] / b["positions"] for b in first], "k--", lw=0.8,
-            label="real tokens / positions")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_ylabel("packed / unpacked encoder time")
-    ax.set_title("encoder call: packed tokens (lower is faster)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    ratio_plot(path, draw, "packed / unpacked encoder time", "encoder call: packed tokens (lower is faster)")
 
 
 def main(argv=None) -> None:
-    args = parse_args(PROG, __doc__, argv, runs=5, tag="packed-encoder")
-
-    from tqdm import tqdm
-
-    checkpoint, _ = artifacts.checkpoint_for("t5-small")
-    with tqdm(total=len(args.variants) * len(BATCHES), desc="packed encoder", unit="batch") as progress:
-        variants = [measure_variant(v, checkpoint, args, progress) for v in args.variants]
-    write(result_of(PROG, args, argv, variants), args.tag, markdown, plot)
+    graph_pair.main(PROG, __doc__, argv, runs=5, tag="packed-encoder", cases=len(BATCHES), unit="batch",
+                    measure_variant=measure_variant, markdown=markdown, plot=plot)
 
 
 if __name__ == "__main__":
