@@ -19,12 +19,14 @@ from tqdm.auto import tqdm
 
 from . import artifacts
 from .graph_pair import write
+from .report import _spread
 from .run import EngineProcess, _ratio, machine_info, make_sources, spread, versions
 
 # label -> (export variant or CTranslate2 quantization, kind)
 ENGINES = {"ortdecode": ("fp32", "ortdecode"), "ortdecode --no-ort-optimize": ("fp32-unoptimized", "ortdecode"),
            "CTranslate2 float32": ("float32", "ctranslate2"),
-           "ortdecode int8": ("int8", "ortdecode"), "ortdecode int8 --no-ort-optimize": ("int8-unoptimized", "ortdecode"),
+           "ortdecode int8": ("int8", "ortdecode"),
+           "ortdecode int8 --no-ort-optimize": ("int8-unoptimized", "ortdecode"),
            "CTranslate2 int8": ("int8", "ctranslate2")}
 KEYS = ("load_s", "first_token_ready_s")
 
@@ -80,8 +82,7 @@ def summarize(answers: dict[str, list[dict]]) -> dict:
 
 
 def _cell(entry: dict | None, digits: int = 3) -> str:
-    return "-" if entry is None else \
-        f"{entry['median']:.{digits}f} [{entry['min']:.{digits}f}-{entry['max']:.{digits}f}]"
+    return _spread(entry, digits) or "-"
 
 
 def markdown(result: dict) -> str:

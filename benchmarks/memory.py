@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import artifacts, measure
+from .report import _spread
 from .run import RESULTS, EngineProcess, _rotated, engine_specs, loaded_files, make_sources, spread, versions
 
 NO_PREPACK = {"session.disable_prepacking": "1"}
@@ -66,15 +67,14 @@ def markdown(result: dict) -> str:
              "peak / CTranslate2's | RSS at the end: anonymous + file-backed MiB | load s | first token ready s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, v in result["variants"].items():
-        fmt = lambda s, d=0: f"{s['median']:.{d}f} [{s['min']:.{d}f}-{s['max']:.{d}f}]"  # noqa: E731
         peer = result["variants"].get("CTranslate2 int8" if "int8" in label else "CTranslate2 float32")
         ratio = (f"{v['peak_rss_mib']['median'] / peer['peak_rss_mib']['median']:.2f}"
                  if peer and not label.startswith("CTranslate2") else "")
-        lines.append(f"| {label} | {v['weights_on_disk_mib']:.0f} | {fmt(v['rss_after_imports_mib'])} | "
-                     f"{fmt(v['rss_after_load_mib'])} | {fmt(v['peak_rss_mib'])} | {ratio} | "
+        lines.append(f"| {label} | {v['weights_on_disk_mib']:.0f} | {_spread(v['rss_after_imports_mib'], 0)} | "
+                     f"{_spread(v['rss_after_load_mib'], 0)} | {_spread(v['peak_rss_mib'], 0)} | {ratio} | "
                      f"{v['rss_end_anon_mib']['median']:.0f} + {v['rss_end_file_mib']['median']:.0f} | "
-                     f"{fmt(v['load_s'], 2)} | "
-                     f"{fmt(v['first_token_ready_s'], 2)} |")
+                     f"{_spread(v['load_s'], 2)} | "
+                     f"{_spread(v['first_token_ready_s'], 2)} |")
     if result.get("failures"):
         lines += ["", "Rounds that failed (left out above): " + "; ".join(result["failures"]) + "."]
     if result.get("speed_batches"):
