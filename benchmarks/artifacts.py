@@ -60,7 +60,7 @@ def checkpoint_for(name: str) -> tuple[Path, str]:
 def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     from ortdecode_export import export_model
 
-    from ortdecode_export.pipeline import default_layout, fuses_attention, packs_encoder_tokens
+    from ortdecode_export.pipeline import default_layout, fuses_attention, packs_encoder_tokens, saves_ort_optimized
 
     path = WORK / f"{name}-{variant}"
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
@@ -81,7 +81,7 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     from transformers import AutoConfig
 
     packed = packs_encoder_tokens(target, AutoConfig.from_pretrained(checkpoint), options.get("pack_encoder", True))
-    optimized = target == "cpu" and options.get("ort_optimize", True)
+    optimized = saves_ort_optimized(target, options.get("ort_optimize", True))
     if _done(path):
         manifest = json.loads((path / "ortdecode.json").read_text())
         made = manifest["export_options"]

@@ -107,6 +107,11 @@ def packs_encoder_tokens(target: str, config, pack_encoder: bool = True) -> bool
     return pack_encoder and target == "cpu" and encoder_length_multiple(config) == 1
 
 
+def saves_ort_optimized(target: str, ort_optimize: bool = True) -> bool:
+    """Whether an export with these options saves its graphs as ONNX Runtime optimizes them (CPU targets)."""
+    return ort_optimize and target == "cpu"
+
+
 def fuses_attention(target: str, layout: str, fuse_attention: bool = True) -> bool:
     """Whether an export with these options runs the attention fusion (CPU targets with a with-past decoder)."""
     return fuse_attention and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
@@ -235,7 +240,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
         steps += ["fuse attention"] if fusing else []
         packing = packs_encoder_tokens(target, config, pack_encoder)
         steps += ["pack the encoder's tokens"] if packing else []
-        optimizing = ort_optimize and target == "cpu"
+        optimizing = saves_ort_optimized(target, ort_optimize)
         steps += ["optimize for ONNX Runtime's CPU provider"] if optimizing else []
         steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
         notes: list[str] = []
