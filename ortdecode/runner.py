@@ -436,7 +436,8 @@ class Runner:
         mask = self._to_device(host_mask)
         costs = _PACKED_ENCODER_COSTS if self.manifest.encoder_packs_tokens else \
             {"copy_cost": _ENCODER_COPY_COST.get(self.manifest.quantization, _ENCODER_COPY_COST[None])}
-        groups = length_groups(_used_lengths_per_row(host_mask), multiple, **costs) if self.device_type == "cpu" else None
+        groups = length_groups(_used_lengths_per_row(host_mask), multiple, **costs) \
+            if self.device_type == "cpu" else None
         if groups is None:
             values = self._run_encoder(input_ids, mask)
         else:  # inputs of very different lengths: one call per group of similar lengths, less padding computed

@@ -301,13 +301,13 @@ def test_int8_encoders_keep_inputs_of_similar_lengths_in_one_call_where_float32_
 def test_packed_encoders_split_only_inputs_of_very_different_lengths():
     """A packed encoder computes each real token once however the inputs are grouped: the harness's 32 inputs of
     16-48 tokens stay in one call (an unpacked float32 encoder splits them), 32 of 5-200 tokens are split."""
+    from benchmarks.run import make_mixed_sources, make_sources
     from ortdecode.runner import _ENCODER_COPY_COST, _PACKED_ENCODER_COSTS, length_groups
 
-    similar = np.random.default_rng(0).integers(16, 49, 32)
+    similar = np.array([len(source) for source in make_sources(0, 32, vocab_size=32128)])
     assert length_groups(similar, **_PACKED_ENCODER_COSTS) is None
     assert length_groups(similar, copy_cost=_ENCODER_COPY_COST[None]) is not None
-    mixed = np.clip(np.round(np.random.default_rng(1).lognormal(np.log(40), 0.8, 32)), 5, 200).astype(int)
-    mixed[0], mixed[-1] = 5, 200
+    mixed = np.array([len(source) for source in make_mixed_sources(0, 32, vocab_size=32128)])
     groups = length_groups(mixed, **_PACKED_ENCODER_COSTS)
     assert groups is not None and len(groups) == 4
 
