@@ -13,6 +13,9 @@ decoder steps of the running rows, newcomers' encoder + first step, the batch re
 greedy tokens/s (64 new tokens) at batch 1 and 8, inputs of 40 random tokens; beam 4 tokens/s at batch 8 and 32;
 and a batch of 32 inputs of real-text-like lengths (5 to 200 tokens): time to first token and greedy tokens/s.
 
+`--overhead` measures the host work per decoder step instead: a greedy batch-1 generation of 64 tokens (median of 15),
+its time inside ONNX Runtime's runs and outside them (the decoding loop in Python and NumPy), per run.
+
 `--code DIR` imports `ortdecode` from DIR instead (a `git worktree` of another revision), to compare two
 revisions on the same machine in one sitting; run both in turns, the machine is noisy.
 """
@@ -35,6 +38,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--static", action="store_true", help="static batches (no joining)")
     parser.add_argument("--generate", action="store_true", help="plain generate(): TTFT and tok/s at batch 1, 8")
+    parser.add_argument("--overhead", action="store_true", help="host time per step outside ONNX Runtime, batch 1")
     parser.add_argument("--code", default=None, help="import ortdecode from this folder (another revision)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -48,6 +52,8 @@ def main(argv=None) -> None:
     generator = ortdecode.load(args.model, provider="cpu", threads=args.threads)
     if args.generate:
         return _plain_generate(generator, np.random.default_rng(args.seed))
+    if args.overhead:
+        return _host_overhead(generator, np.random.default_rng(args.seed))
     seconds = defaultdict(float)
     _time_runner_verbs(generator.runner, seconds)
     rng = np.random.default_rng(args.seed)
@@ -138,6 +144,39 @@ def _plain_generate(generator, rng) -> None:
     whole = best_of_3(input_ids=ids, attention_mask=mask, max_new_tokens=64, min_new_tokens=64)
     parts.append(f"mixed lengths, batch 32: time to first token {first * 1000:.1f} ms, {32 * 64 / whole:.0f} tok/s")
     print("; ".join(parts))
+
+
+def _host_overhead(generator, rng, runs: int = 15) -> None:
+    import numpy as np
+    import onnxruntime as ort
+
+    text = generator.tokenizer.decode(rng.integers(3, generator.manifest.vocab_size, size=40).tolist(),
+                                      skip_special_tokens=True)
+    inside = [0.0, 0]  # seconds in run_with_iobinding, calls
+    run = ort.InferenceSession.run_with_iobinding
+
+    def timed(session, binding, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return run(session, binding, *args, **kwargs)
+        finally:
+            inside[0] += time.perf_counter() - started
+            inside[1] += 1
+
+    ort.InferenceSession.run_with_iobinding = timed
+    totals, ort_seconds = [], []
+    for index in range(runs + 3):  # 3 warm-ups
+        inside[:] = [0.0, 0]
+        started = time.perf_counter()
+        generator.generate(text, max_new_tokens=64, min_new_tokens=64)
+        if index >= 3:
+            totals.append(time.perf_counter() - started)
+            ort_seconds.append(inside[0])
+    calls = inside[1]  # the encoder's and 64 decoder steps'
+    outside = np.median(np.array(totals) - np.array(ort_seconds)) / calls * 1e3
+    print(f"greedy, batch 1, 64 new tokens: {np.median(totals) / calls * 1e3:.3f} ms per ONNX Runtime run "
+          f"({calls} runs), {np.median(ort_seconds) / calls * 1e3:.3f} ms inside it, {outside:.3f} ms outside it "
+          f"(median of {runs})")
 
 
 def _time_runner_verbs(runner, seconds: dict) -> None:

@@ -153,6 +153,11 @@ class DecoderState:
     # heads, column capacity, d_kv] whose first `rows` rows ARE `self_cache` (its first `past` columns hold the
     # cache)
     self_store: list[np.ndarray] | None = None
+    store_views: list[ort.OrtValue] | None = None  # OrtValues over the store's first `rows` rows, kept between steps
+    # the last step's session and its binding, reused by the next step; `bound_caches` the (self, cross) cache
+    # lists bound to it, which a step updating the cache in place does not bind again
+    binding: tuple[ort.InferenceSession, ort.IOBinding] | None = None
+    bound_caches: tuple | None = None
 
     @property
     def rows(self) -> int:
@@ -471,6 +476,14 @@ class Runner:
         self.encoder.run_with_iobinding(binding)
         return binding.get_outputs()
 
+    @staticmethod
+    def _binding(state: DecoderState, session: ort.InferenceSession) -> ort.IOBinding:
+        """The state's binding to `session`, made again when the session differs from the last step's (every
+        step binds each input and output again, except a cache it still holds: `bound_caches`)."""
+        if state.binding is None or state.binding[0] is not session:
+            state.binding, state.bound_caches = (session, session.io_binding()), None
+        return state.binding[1]
+
     def _bind_past(self, binding: ort.IOBinding, state: DecoderState,
                    self_cache: list[ort.OrtValue] | None = None) -> None:
         """The self cache (empty before the first step; `self_cache` given: those values) and the cross cache,
@@ -496,10 +509,18 @@ class Runner:
         computes_cross = first and not self.encoder_gives_cross_cache  # the first-step graph (or branch)
         session = self.decoder_merged if self.uses_merged else (self.decoder_first if computes_cross
                                                                 else self.decoder_with_past)
-        binding = session.io_binding()
+        binding = self._binding(state, session)
+        in_place = self._in_place_cache(state, spare_rows, steps_left) if self.self_cache_in_place else None
+        # a cache updated in place is the same OrtValues step after step: bound once to the state's binding
+        caches = (in_place, state.cross_cache) if in_place is not None and not computes_cross else None
+        bound = caches is not None and state.bound_caches is not None and \
+            all(a is b for a, b in zip(caches, state.bound_caches))
+        state.bound_caches = caches
+        if not bound:  # what the last step bound and this one may not (a first step's cross cache outputs)
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
         binding.bind_cpu_input(n.decoder_input_ids, np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1, 1))
         binding.bind_ortvalue_input(n.decoder_encoder_attention_mask, state.encoder_mask)
-        in_place = self._in_place_cache(state, spare_rows, steps_left) if self.self_cache_in_place else None
         decoder_mask = np.concatenate([state.decoder_mask, np.ones((state.rows, 1), np.int64)], axis=1)
         if self.has_decoder_mask:
             binding.bind_cpu_input(n.decoder_attention_mask, decoder_mask)
@@ -514,14 +535,16 @@ class Runner:
         else:
             if self.uses_merged:  # the with-past branch never reads it; the graph still takes one
                 binding.bind_ortvalue_input(n.decoder_encoder_hidden_states, self._unused_encoder_output)
-            self._bind_past(binding, state, in_place)
+            if not bound:
+                self._bind_past(binding, state, in_place)
         binding.bind_output(n.logits, "cpu")
         self_room = room_values = None
         buffer = None
         if in_place is not None:  # the same buffers are the present: the step writes its column into them
             room_values = in_place
-            for name, value in zip(self._present_self, in_place):
-                binding.bind_ortvalue_output(name, value)
+            if not bound:
+                for name, value in zip(self._present_self, in_place):
+                    binding.bind_ortvalue_output(name, value)
         elif spare_rows and not first and self.device_type == "cpu":
             self_room = self._room(state.rows + spare_rows, state.past + 1)
             room_values = self._bind_outputs_in(binding, self._present_self, self_room, state.rows)
@@ -698,8 +721,10 @@ class Runner:
             larger = self._store(capacity, self._store_columns(past, rows + spare_rows, steps_left))
             for target, value in zip(larger, state.self_cache):
                 target[:rows, :, :past] = value.numpy()[:, :, :past]
-            state.self_store = larger
-        return [self._to_device(array[:rows]) for array in state.self_store]
+            state.self_store, state.store_views = larger, None
+        if state.store_views is None or state.store_views[0].shape()[0] != rows:
+            state.store_views = [self._to_device(array[:rows]) for array in state.self_store]
+        return state.store_views
 
     def _reorder_store(self, state: DecoderState, rows: np.ndarray) -> None:
         """Rows leaving and beams reordered (at every step of beam search) within a cache updated in place: only
@@ -711,10 +736,12 @@ class Runner:
             larger = self._store(max(count, self.row_capacity), state.self_store[0].shape[2])
             for target, source in zip(larger, state.self_store):
                 target[:count, :, :past] = source[rows, :, :past]
-            state.self_store = larger
+            state.self_store, state.store_views = larger, None
         else:
             _move_rows(state.self_store, rows, past, self._copy_threads.map)  # NumPy releases the GIL as it copies
-        state.self_cache = [self._to_device(array[:count]) for array in state.self_store]
+        if state.store_views is None or state.store_views[0].shape()[0] != count:
+            state.store_views = [self._to_device(array[:count]) for array in state.self_store]
+        state.self_cache = state.store_views
 
     def _store_columns(self, past: int, rows: int, steps_left: int | None) -> int:
         """Columns of a new in-place store: room for every step still to come, while the store stays within

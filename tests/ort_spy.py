@@ -15,6 +15,8 @@ class Run:
     graph: str  # file name of the session's graph
     inputs: dict[str, object]  # name -> data_ptr of a bound OrtValue, or ("host", shape) for a host array
     outputs: dict[str, int]  # name -> data_ptr of the produced OrtValue
+    # names bound (inputs and outputs) since the binding's last run: a reused binding keeps the others
+    bound_now: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -33,8 +35,11 @@ def install(monkeypatch) -> Spy:
     def bound(binding) -> dict[str, object]:
         return binding.__dict__.setdefault("_spy_inputs", {})
 
-    def output_names(binding) -> list[str]:
+    def output_names(binding) -> list[str]:  # in binding order; binding a name again keeps its place (as ORT)
         return binding.__dict__.setdefault("_spy_outputs", [])
+
+    def bound_now(binding) -> list[str]:
+        return binding.__dict__.setdefault("_spy_bound_now", [])
 
     def wrap(cls, name, before=None, after=None):
         original = getattr(cls, name)
@@ -51,24 +56,32 @@ def install(monkeypatch) -> Spy:
 
     def on_ortvalue_input(binding, name, value):
         bound(binding)[name] = value.data_ptr()
+        bound_now(binding).append(name)
 
     def on_cpu_input(binding, name, array):
         bound(binding)[name] = ("host", tuple(array.shape))
+        bound_now(binding).append(name)
 
     def on_output(binding, name, *args, **kwargs):
-        output_names(binding).append(name)
+        if name not in output_names(binding):
+            output_names(binding).append(name)
+        bound_now(binding).append(name)
 
     def on_run(session, binding, *args, **kwargs):
         values = binding.get_outputs()
         names = output_names(binding)
+        assert len(names) == len(values), (names, len(values))
         spy.runs.append(Run(Path(session._model_path).name, dict(bound(binding)),
-                            {name: value.data_ptr() for name, value in zip(names, values)}))
+                            {name: value.data_ptr() for name, value in zip(names, values)}, list(bound_now(binding))))
+        bound_now(binding).clear()
 
     wrap(ort.IOBinding, "bind_ortvalue_input", before=on_ortvalue_input)
     wrap(ort.IOBinding, "bind_cpu_input", before=on_cpu_input)
     wrap(ort.IOBinding, "bind_output", before=on_output)
     wrap(ort.IOBinding, "bind_ortvalue_output", before=on_output)  # into a buffer the runner made
     wrap(ort.InferenceSession, "run_with_iobinding", after=on_run)
+    wrap(ort.IOBinding, "clear_binding_inputs", before=lambda binding: bound(binding).clear())
+    wrap(ort.IOBinding, "clear_binding_outputs", before=lambda binding: output_names(binding).clear())
     wrap(ort.OrtValue, "numpy", before=lambda value: spy.host_copies.append(tuple(value.shape())))
     return spy
 

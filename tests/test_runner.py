@@ -372,6 +372,36 @@ def test_a_cache_updated_in_place_grows_in_steps_and_decodes_like_the_split_layo
     assert [columns for _, columns in dict.fromkeys(stores)] == [16, 32, 48]
 
 
+def test_a_cache_updated_in_place_is_bound_once_and_each_step_returns_logits_of_its_own(tiny_v1, monkeypatch):
+    """Steps over a store that stays put bind only what changes (the tokens, the masks, the logits' output) to
+    the binding they reuse; the logits of every step are a buffer of their own, unchanged by later steps, and
+    equal to the split layout's; a store replaced (more columns) is bound again."""
+    runner = ortdecode.load(tiny_v1.export, provider="cpu").runner
+    split = ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout="split").runner
+    assert runner.self_cache_in_place
+    ids, mask = encode(ortdecode.load(tiny_v1.export, provider="cpu"), TEXTS[:3])
+    state, reference = runner.encode(ids, mask), split.encode(ids, mask)
+    feeds = [np.zeros(3, np.int64)]
+    for step in range(19):
+        feeds.append((feeds[-1] * 7 + step + 3) % 100)
+    expected = [split.step(reference, tokens) for tokens in feeds]
+    spy = ort_spy.install(monkeypatch)
+    kept = []
+    for tokens in feeds:  # a store of 16 columns, then one of 32
+        logits = runner.step(state, tokens)
+        kept.append((logits, logits.copy()))
+    for step, ((logits, copy), split_logits) in enumerate(zip(kept, expected)):
+        assert np.array_equal(logits, copy), f"step {step}: later steps overwrote its logits"
+        np.testing.assert_allclose(logits, split_logits, atol=1e-5, err_msg=f"step {step}")
+    m = runner.manifest
+    caches = {name for layer in m.layers for name in (layer.past_self_key, layer.past_cross_value,
+                                                      layer.present_self_key, layer.present_self_value)}
+    decoder_runs = [run for run in spy.runs if m.layers[0].present_self_key in run.outputs]
+    binds_caches = [step for step, run in enumerate(decoder_runs) if caches & set(run.bound_now)]
+    assert binds_caches == [0, 16], binds_caches  # the first step, and the step that made the larger store
+    assert all(m.names.logits in run.bound_now for run in decoder_runs)
+
+
 def test_a_store_planned_for_every_step_is_made_once(generator):
     runner = generator.runner
     state = runner.encode(*encode(generator, TEXTS[:2]))

@@ -109,11 +109,16 @@ LISTED = [
            "                pass\n",
            "a cache updated in place would forget every step before the store grew"),
     Mutant("in-place cache: the step's present not bound to its past buffer", "runner.py",
-           "            for name, value in zip(self._present_self, in_place):\n"
-           "                binding.bind_ortvalue_output(name, value)\n",
-           "            for name in self._present_self:\n"
-           "                binding.bind_output(name, self.device_type, self.device_id)\n",
+           "                for name, value in zip(self._present_self, in_place):\n"
+           "                    binding.bind_ortvalue_output(name, value)\n",
+           "                for name in self._present_self:\n"
+           "                    binding.bind_output(name, self.device_type, self.device_id)\n",
            "the step's key and value would land in a tensor nobody reads"),
+    Mutant("in-place cache: the logits output kept bound with the cache", "runner.py",
+           "                self._bind_past(binding, state, in_place)\n        binding.bind_output(n.logits, \"cpu\")\n",
+           "                self._bind_past(binding, state, in_place)\n        if not bound:\n"
+           "            binding.bind_output(n.logits, \"cpu\")\n",
+           "a step would write its logits over the last step's, which a caller may still hold (return_logits)"),
     Mutant("in-place cache: rows whose parent is another row keep their own cache", "runner.py",
            "    moved = np.flatnonzero(rows != np.arange(len(rows)))",
            "    moved = np.flatnonzero(rows > np.arange(len(rows)))",
