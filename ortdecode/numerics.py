@@ -99,6 +99,46 @@ def without_overflow(scores: np.ndarray, compute) -> np.ndarray:
     return out
 
 
+# `nucleus_floor`: scores binned by their distance below the row's best, in bins this wide; exp(-88) is below
+# float32's smallest normal number, so the last bin (which also takes everything further down) weighs nothing
+_NUCLEUS_BINS = 4096
+_NUCLEUS_SPAN = 88.0
+
+
+def nucleus_floor(scores: np.ndarray, top_p: float) -> np.ndarray:
+    """float[rows]: the lowest score of each row's nucleus, the fewest best tokens whose probability reaches
+    top_p (0 < top_p < 1): the tokens scoring at least that value (ties of the last one included). A row
+    entirely -inf gets NaN (nothing compares below it).
+
+    Without sorting the row (NumPy's sort of 32 rows x 32k took 19 ms on 2 cores): the weights exp(score - max)
+    are summed in float64 into `_NUCLEUS_BINS` bins by score, the bin where the cumulative mass crosses
+    top_p x total is found, and only that bin's tokens are sorted. The sums add the same weights as a
+    cumulative sum over the sorted row, in another order: the cut can differ from a sorted sum's only where
+    rounding crosses top_p x total (transformers sums in float32)."""
+    rows, _ = scores.shape
+    with np.errstate(invalid="ignore", over="ignore"):  # a row entirely -inf: -inf - -inf = NaN
+        shifted = scores - scores.max(axis=-1, keepdims=True)
+        weights = np.exp(shifted)
+    # bin 0 holds the best scores; fmin sends -inf (and a masked row's NaN) to the last bin
+    bins = np.fmin(shifted * (-_NUCLEUS_BINS / _NUCLEUS_SPAN), _NUCLEUS_BINS - 1).astype(np.int32)
+    bins += (np.arange(rows, dtype=np.int32) * _NUCLEUS_BINS)[:, None]
+    mass = np.bincount(bins.reshape(-1), weights=weights.reshape(-1), minlength=rows * _NUCLEUS_BINS)
+    cdf = np.cumsum(mass.reshape(rows, _NUCLEUS_BINS), axis=-1)
+    targets = np.nextafter(top_p * cdf[:, -1], 0)  # crossing "> target" is reaching top_p x total
+    crossed = np.argmax(cdf > targets[:, None], axis=-1)
+    floors = np.full(rows, np.nan, dtype=scores.dtype)
+    for row in np.flatnonzero(np.isfinite(targets)):
+        b = crossed[row]
+        members = np.flatnonzero(bins[row] == row * _NUCLEUS_BINS + b)
+        values = scores[row, members]
+        order = np.argsort(-values, kind="stable")
+        before = cdf[row, b - 1] if b else 0.0
+        reached = before + np.cumsum(weights[row, members[order]], dtype=np.float64) > targets[row]
+        # rounding may leave the bin's own sum just short of the target: then its last token
+        floors[row] = values[order[np.argmax(reached) if reached.any() else len(order) - 1]]
+    return floors
+
+
 _BLOCK = 256
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .config import GenerationConfig
-from .numerics import first_crossing, kth_largest, log_softmax, softmax_weights, without_overflow
+from .numerics import kth_largest, log_softmax, nucleus_floor, softmax_weights, without_overflow
 
 LogitsProcessor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -304,8 +304,8 @@ class TopK:
 class TopP:
     """Nucleus filtering (Holtzman et al. 2019), transformers' rule: sort ascending, remove the tokens
     whose cumulative probability is <= 1 - top_p, keep at least ``min_tokens_to_keep``. Equivalently: keep
-    the m most likely tokens, where m is the smallest count whose probability mass reaches top_p. One
-    sort of the row (no argsort), then a two-level cumulative search. Sums are float64 (transformers:
+    the m most likely tokens, where m is the smallest count whose probability mass reaches top_p
+    (`numerics.nucleus_floor`, which sorts only the tokens near the cut). Sums are float64 (transformers:
     float32), so the mask can differ from transformers' only where rounding crosses the threshold.
     Tokens tied with the last kept one are kept."""
 
@@ -320,18 +320,11 @@ class TopP:
     def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
         if self.top_p >= 1.0:  # keep everything, even tokens whose probability underflows to 0
             return scores.copy()
-        descending = -np.sort(-scores, axis=-1)  # contiguous, unlike a reversed view
-        # A row masked entirely (-inf - -inf = NaN) stays masked: NaN thresholds compare false below.
-        # Differences below -3.4e38 become -inf, weight 0.
-        with np.errstate(invalid="ignore", over="ignore"):
-            weights = np.exp(descending - descending[:, :1])
-        total = weights.sum(axis=-1, dtype=np.float64)
-        # kept = 1 + index of the first token at which the cumulative mass reaches top_p; a crossing
-        # "> target" at the float64 value just below top_p * total is the same as ">= top_p * total".
-        kept = 1 + first_crossing(weights, np.nextafter(self.top_p * total, 0))
-        kept = np.clip(kept, self.min_tokens_to_keep, scores.shape[-1])
-        threshold = descending[np.arange(len(scores)), kept - 1]
-        return np.where(scores < threshold[:, None], -np.inf, scores).astype(scores.dtype, copy=False)
+        floor = nucleus_floor(scores, self.top_p)
+        if self.min_tokens_to_keep > 1:  # NaN (a row entirely -inf) stays NaN: nothing compares below it
+            floor = np.where(np.isnan(floor), floor, np.minimum(floor, _top_scores_floor(scores,
+                                                                                        self.min_tokens_to_keep)[:, 0]))
+        return np.where(scores < floor[:, None], -np.inf, scores).astype(scores.dtype, copy=False)
 
 
 def _top_scores_floor(scores: np.ndarray, count: int) -> np.ndarray:

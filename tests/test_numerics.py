@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ortdecode.errors import NonFiniteLogitsError
-from ortdecode.numerics import check_scores, first_crossing, kth_largest, log_softmax, top_k_indices
+from ortdecode.numerics import check_scores, first_crossing, kth_largest, log_softmax, nucleus_floor, top_k_indices
 
 
 def test_log_softmax_is_stable_for_huge_logits():
@@ -99,3 +99,57 @@ def test_top_k_indices_selects_candidates_instead_of_sorting_whole_rows(monkeypa
     expected = _reference_top_k(values, 8)
     monkeypatch.setattr(np, "argsort", lambda *a, **kw: pytest.fail("sorted a whole row"))
     np.testing.assert_array_equal(top_k_indices(values, 8), expected)
+
+
+def _reference_nucleus_floor(values: np.ndarray, top_p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The definition: sort the row descending, sum its weights exp(score - max) in float64 until they reach
+    top_p x total; the floor is the score where they do. Also returns how far the sum at the cut and at the
+    token before it are from the target, relative to the total (rounding decides a cut closer than ~1e-12)."""
+    floors, margins = [], []
+    for row in values:
+        descending = -np.sort(-row)
+        with np.errstate(invalid="ignore"):
+            weights = np.exp(descending - descending[0]).astype(np.float64)  # float32 exp, as the samplers
+        sums = np.cumsum(weights)
+        target = top_p * sums[-1]
+        cut = min(int(np.argmax(sums >= target)), len(row) - 1)
+        floors.append(descending[cut])
+        margins.append(min(abs(sums[cut] - target), abs(sums[cut - 1] - target) if cut else np.inf) / sums[-1])
+    return np.array(floors, dtype=values.dtype), np.array(margins)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 4), width=st.sampled_from([2, 7, 300, 8195, 32128]), top_p=st.floats(0.01, 0.999),
+       scale=st.sampled_from([0.01, 1.0, 4.0, 30.0, 1000.0]), levels=st.sampled_from([None, 3, 50]),
+       masked=st.floats(0.0, 0.99), seed=st.integers(0, 2**32 - 1))
+def test_nucleus_floor_is_where_a_sorted_cumulative_sum_reaches_top_p(rows, width, top_p, scale, levels, masked,
+                                                                       seed):
+    """Rows of every spread (weights that underflow, rows where every weight counts), with ties and -inf masks:
+    the floor is the sorted row's, unless the cut lies within rounding of top_p x total."""
+    rng = np.random.default_rng(seed)
+    values = (rng.standard_normal((rows, width)) * scale).astype(np.float32)
+    if levels is not None:
+        values = (np.round(values * levels / scale) / levels * scale).astype(np.float32)
+    values[rng.random((rows, width)) < masked] = -np.inf
+    values[:, rng.integers(width)] = 1.0  # every row keeps a finite entry
+    expected, margins = _reference_nucleus_floor(values, top_p)
+    clear = margins > 1e-12
+    np.testing.assert_array_equal(nucleus_floor(values, top_p)[clear], expected[clear])
+
+
+def test_nucleus_floor_of_a_masked_row_is_nan_and_of_a_peaked_row_sorts_only_the_tokens_near_the_cut(monkeypatch):
+    values = np.random.default_rng(0).standard_normal((32, 32128)).astype(np.float32) * 3
+    values[0] = -np.inf
+    expected, _ = _reference_nucleus_floor(values[1:], 0.9)
+    sorted_sizes = []
+    argsort = np.argsort
+
+    def counting_argsort(a, *args, **kwargs):
+        sorted_sizes.append(np.size(a))
+        return argsort(a, *args, **kwargs)
+
+    monkeypatch.setattr(np, "argsort", counting_argsort)
+    floors = nucleus_floor(values, 0.9)
+    assert np.isnan(floors[0])
+    np.testing.assert_array_equal(floors[1:], expected)
+    assert len(sorted_sizes) == 31 and max(sorted_sizes) < 32128 // 20, sorted_sizes
