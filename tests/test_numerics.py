@@ -137,7 +137,8 @@ def test_nucleus_floor_is_where_a_sorted_cumulative_sum_reaches_top_p(rows, widt
     np.testing.assert_array_equal(nucleus_floor(values, top_p)[clear], expected[clear])
 
 
-def test_nucleus_floor_of_a_masked_row_is_nan_and_of_a_peaked_row_sorts_only_the_tokens_near_the_cut(monkeypatch):
+def test_nucleus_floor_of_a_masked_row_is_nan_and_sorts_only_the_tokens_near_the_cut(monkeypatch):
+    """Vocabulary-wide rows: the floors are the sorted rows', from a sort of one bin's tokens per row."""
     values = np.random.default_rng(0).standard_normal((32, 32128)).astype(np.float32) * 3
     values[0] = -np.inf
     expected, _ = _reference_nucleus_floor(values[1:], 0.9)
