@@ -321,9 +321,8 @@ class TopP:
         if self.top_p >= 1.0:  # keep everything, even tokens whose probability underflows to 0
             return scores.copy()
         floor = nucleus_floor(scores, self.top_p)
-        if self.min_tokens_to_keep > 1:  # NaN (a row entirely -inf) stays NaN: nothing compares below it
-            floor = np.where(np.isnan(floor), floor, np.minimum(floor, _top_scores_floor(scores,
-                                                                                        self.min_tokens_to_keep)[:, 0]))
+        if self.min_tokens_to_keep > 1:  # np.minimum keeps NaN (a row entirely -inf): nothing compares below it
+            floor = np.minimum(floor, _top_scores_floor(scores, self.min_tokens_to_keep)[:, 0])
         return np.where(scores < floor[:, None], -np.inf, scores).astype(scores.dtype, copy=False)
 
 

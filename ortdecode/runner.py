@@ -722,6 +722,11 @@ class Runner:
             for target, value in zip(larger, state.self_cache):
                 target[:rows, :, :past] = value.numpy()[:, :, :past]
             state.self_store, state.store_views = larger, None
+        return self._store_views(state, rows)
+
+    def _store_views(self, state: DecoderState, rows: int) -> list[ort.OrtValue]:
+        """OrtValues over the first `rows` rows of the state's store: the ones made before while the store and
+        the row count stay (a replaced store sets `store_views` to None)."""
         if state.store_views is None or state.store_views[0].shape()[0] != rows:
             state.store_views = [self._to_device(array[:rows]) for array in state.self_store]
         return state.store_views
@@ -739,9 +744,7 @@ class Runner:
             state.self_store, state.store_views = larger, None
         else:
             _move_rows(state.self_store, rows, past, self._copy_threads.map)  # NumPy releases the GIL as it copies
-        if state.store_views is None or state.store_views[0].shape()[0] != count:
-            state.store_views = [self._to_device(array[:count]) for array in state.self_store]
-        state.self_cache = state.store_views
+        state.self_cache = self._store_views(state, count)
 
     def _store_columns(self, past: int, rows: int, steps_left: int | None) -> int:
         """Columns of a new in-place store: room for every step still to come, while the store stays within
