@@ -214,6 +214,39 @@ def test_join_left_pads_and_select_trims_the_padding(generator):
     np.testing.assert_allclose(runner.step(batch, np.array([9])), expected, atol=1e-5)
 
 
+def test_a_batch_with_room_trims_within_its_own_memory_and_decodes_as_alone(tiny_v1):
+    """With rows of room (the batch engine's), the trim moves the kept columns within the store and the cross
+    room instead of rebuilding them: the same arrays, and each kept row's next logits as alone. Rows left
+    behind in the middle of the batch move within the room too."""
+    generator = ortdecode.load(tiny_v1.export, provider="cpu")
+    runner = generator.runner
+    runner.row_capacity = 4
+    texts = [TEXTS[1], TEXTS[0], TEXTS[2]]
+    (ids_a, mask_a), (ids_b, mask_b), (ids_c, mask_c) = (encode(generator, [t]) for t in texts)
+    long = runner.encode(ids_a, mask_a)
+    tokens = [0, 5, 9, 7, 3]
+    for t in tokens[:3]:
+        runner.step(long, np.array([t]))
+    short, other = runner.encode(ids_b, mask_b), runner.encode(ids_c, mask_c)
+    runner.step(short, np.array([0]))
+    runner.step(other, np.array([0]))
+    batch = runner.join([(long, np.array([0])), (short, np.array([0])), (other, np.array([0]))])
+    assert batch.self_store is not None and batch.cross_room is not None and batch.past == 3
+    runner.step(batch, np.array([7, 5, 5]))
+    store, room = batch.self_store[0], batch.cross_room[0]
+    runner.select(batch, np.array([1, 2]))  # the long row leaves: its padding columns go, and its longer source
+    assert batch.past == 2 and batch.host_encoder_mask.shape[1] == max(ids_b.shape[1], ids_c.shape[1])
+    assert batch.self_store[0] is store and np.shares_memory(batch.cross_room[0], room)
+    assert batch.cross_cache[0].shape()[2] == batch.host_encoder_mask.shape[1]
+    logits = runner.step(batch, np.array([9, 9]))
+    np.testing.assert_allclose(logits[0], decode_alone(runner, ids_b, mask_b, [0, 5, 9])[-1][0], atol=1e-5)
+    np.testing.assert_allclose(logits[1], decode_alone(runner, ids_c, mask_c, [0, 5, 9])[-1][0], atol=1e-5)
+    runner.select(batch, np.array([1]))  # the first row leaves: the second moves up within the room
+    assert batch.self_store[0] is store and np.shares_memory(batch.cross_room[0], room)
+    np.testing.assert_allclose(runner.step(batch, np.array([4]))[0],
+                               decode_alone(runner, ids_c, mask_c, [0, 5, 9, 4])[-1][0], atol=1e-5)
+
+
 def test_auto_loads_the_with_past_layout_with_one_decoder_graph(tiny_v1):
     generator = ortdecode.load(tiny_v1.export, provider="cpu")  # the export holds every layout
     runner = generator.runner

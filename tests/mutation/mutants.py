@@ -146,4 +146,12 @@ LISTED = [
            "        if not made_by or not _older(ort.__version__, made_by):\n            return \"\"\n",
            "        if True:\n            return \"\"\n",
            "the user sees an unknown operator, not the onnxruntime version the export needs"),
+    Mutant("trim in place: the kept rows' oldest columns kept instead of their last", "runner.py",
+           "store[:count, :, :past] = store[rows, :, shift:state.past]", "store[:count, :, :past] = store[rows, :, :past]",
+           "after the longest request left a continuous batch, the others would attend to padding and lose their "
+           "newest keys"),
+    Mutant("rows leaving: the cross room's rows not moved", "runner.py",
+           "                _move_rows(state.cross_room, rows, state.host_encoder_mask.shape[1], self._copy_threads.map)",
+           "                pass",
+           "a request behind one that finished would read the finished request's encoder output"),
 ]
