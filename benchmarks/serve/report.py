@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 TARGET_MODEL, TARGET_CONCURRENCY = "t5-small", 16
 
 
@@ -12,27 +14,45 @@ def _row(result: dict, model: str, system: str, concurrency: int) -> dict | None
     return next((r for r in rows if (r["system"], r["concurrency"]) == (system, concurrency)), None)
 
 
+def _rounds(row: dict | None) -> list[dict]:
+    """A row's rounds (a system measured once: one)."""
+    return [] if row is None else row.get("rounds", [row])
+
+
+def _per_round(ours: dict | None, theirs: dict | None, value) -> list[float]:
+    """value(our round, their round) for each round; a system measured once is compared with every round."""
+    a, b = _rounds(ours), _rounds(theirs)
+    if not a or not b:
+        return []
+    b = b if len(b) == len(a) else b[:1] * len(a)
+    return [value(x, y) for x, y in zip(a, b)]
+
+
 def check_targets(result: dict) -> list[dict]:
-    """The issue's targets (t5-small shape, CPU, concurrency 16); None where not measured."""
+    """The issue's targets (t5-small shape, CPU, concurrency 16), each per round (the ortdecode servers take turns,
+    round after round: benchmarks/serve/run.py): median, min and max over the rounds, met only when the worst
+    round clears the bound; None where not measured."""
     m, c = TARGET_MODEL, TARGET_CONCURRENCY
-    ours = _row(result, m, "ortdecode continuous", c)
+    ours, single = _row(result, m, "ortdecode continuous", c), _row(result, m, "ortdecode continuous", 1)
 
-    def ratio(peer: str):
-        theirs = _row(result, m, peer, c)
-        return ours["tokens_per_s"] / theirs["tokens_per_s"] if ours and theirs else None
+    def tokens_ratio(x, y):
+        return x["tokens_per_s"] / y["tokens_per_s"]
 
-    single = _row(result, m, "ortdecode continuous", 1)
-    ttft = ours["ttft_p99_ms"] / single["ttft_p50_ms"] if ours and single else None
-    steady = ours["ttft_steady_p99_ms"] / single["ttft_p50_ms"] if ours and single and "ttft_steady_p99_ms" in ours \
-        else None
-    targets = [("throughput >= 4x the one-at-a-time Optimum server", ratio("Optimum one-at-a-time"), 4.0, None),
-               ("throughput >= 1.3x static batching", ratio("ortdecode static"), 1.3, None),
-               ("p99 time to first token <= 3x the single-request time to first token (p50, 1 client)", ttft, None, 3.0),
-               (f"the same, requests after the first wave (the {c} sent at the same instant left out)", steady, None,
-                3.0)]
-    return [{"target": f"{m}, concurrency {c}: {text}", "value": value, "minimum": low, "maximum": high,
-             "met": None if value is None else (value >= low if low is not None else value <= high)}
-            for text, value, low, high in targets]
+    targets = [("throughput >= 4x the one-at-a-time Optimum server",
+                _per_round(ours, _row(result, m, "Optimum one-at-a-time", c), tokens_ratio), 4.0, None),
+               ("throughput >= 1.3x static batching",
+                _per_round(ours, _row(result, m, "ortdecode static", c), tokens_ratio), 1.3, None),
+               ("p99 time to first token <= 3x the single-request time to first token (p50, 1 client)",
+                _per_round(ours, single, lambda x, y: x["ttft_p99_ms"] / y["ttft_p50_ms"]), None, 3.0),
+               (f"the same, requests after the first wave (the {c} sent at the same instant left out)",
+                _per_round(ours, single, lambda x, y: x["ttft_steady_p99_ms"] / y["ttft_p50_ms"]), None, 3.0)]
+    out = []
+    for text, values, low, high in targets:
+        worst = (min(values) if low is not None else max(values)) if values else None
+        out.append({"target": f"{m}, concurrency {c}: {text}", "value": float(np.median(values)) if values else None,
+                    "rounds": values, "minimum": low, "maximum": high,
+                    "met": None if worst is None else (worst >= low if low is not None else worst <= high)})
+    return out
 
 
 def _fmt(value, digits=1) -> str:
@@ -47,11 +67,16 @@ def markdown(result: dict, plot_name: str) -> str:
              f"max_new_tokens = min_new_tokens from {s['new_tokens'][0]} to {s['new_tokens'][1]} (steps of 8), "
              f"mixed input lengths; `ortdecode serve --max-batch-rows {s['max_batch_rows']}`. Time to first token: "
              "first streamed event (the Optimum app does not stream: its TTFT is its latency). CTranslate2 runs "
-             "offline (no HTTP, one translate_batch per length).", "", f"![plot]({plot_name})", "", "## Targets", "",
-             "| target | value | met |", "|---|---|---|"]
+             "offline (no HTTP, one translate_batch per length).", "",
+             f"The two ortdecode servers run side by side and take turns at each concurrency, {s.get('rounds', 1)} "
+             "round(s), the order rotating; their rows are the round of median throughput, and each target is its "
+             "per-round median [min-max], met only when the worst round clears it. The Optimum app and "
+             "CTranslate2 run once.", "", f"![plot]({plot_name})", "", "## Targets", "",
+             "| target | median [min-max] over rounds | met |", "|---|---|---|"]
     for t in result["targets"]:
         bound = f">= {t['minimum']}" if t["minimum"] is not None else f"<= {t['maximum']}"
-        lines.append(f"| {t['target']} ({bound}) | {_fmt(t['value'], 2)} | "
+        spread = f" [{min(t['rounds']):.2f}-{max(t['rounds']):.2f}]" if len(t.get("rounds") or []) > 1 else ""
+        lines.append(f"| {t['target']} ({bound}) | {_fmt(t['value'], 2)}{spread} | "
                      f"{'n/a' if t['met'] is None else 'yes' if t['met'] else 'NO'} |")
     for model, data in result["models"].items():
         lines += ["", f"## {model}", "", data["description"], "",
