@@ -573,10 +573,11 @@ class Runner:
         """Leave and reorder (TGI's `filter`): row i becomes a copy of row rows[i]; rows not named leave.
         One call covers a beam-search reorder, finished requests leaving and a first step's widening.
 
-        The self-attention cache is gathered by the cache-reorder graph on the device; the cross cache
-        and encoder mask only when rows move between inputs (beams of one input share them). Columns
-        that are padding in every kept row are trimmed, on the host (a rare case: the longest rows
-        left; on CUDA it is a round trip through host memory)."""
+        The self-attention cache is gathered by the cache-reorder graph on the device (on CPU, a cache updated in
+        place moves its rows within its store); the cross cache and encoder mask only when rows move between
+        inputs (beams of one input share them; a CPU batch with rows of room moves them within it). Columns
+        that are padding in every kept row are trimmed: within the batch's own memory when it has room
+        (`_trim_in_place`), else by a rebuild on the host (on CUDA a round trip through host memory)."""
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == state.rows and np.array_equal(rows, np.arange(state.rows)):
             return
