@@ -12,8 +12,8 @@ min_new_tokens = max_new_tokens so every system does the same work). Systems, in
 
 Per system and concurrency: output tokens/s, requests/s, time to first token and end-to-end latency
 (p50, p99). The two ortdecode servers run side by side and take turns, `--rounds` rounds (3; the order
-rotating): the continuous/static ratio is noisy on a shared machine (x0.86 to x1.32 over eight one-round runs of
-the same code), so each target is reported per round, median [min-max], and met only when the worst round
+rotating): the continuous/static ratio is noisy on a shared machine (x0.86 to x1.32 over eight one-round runs on
+the commits of the last sessions), so each target is reported per round, median [min-max], and met only when the worst round
 clears it. Results: benchmarks/results/serve-latest.{md,json,png} (serve-quick.* for --quick).
 
     load.py         the request set and the closed-loop client

@@ -76,6 +76,7 @@ def bench_model(name: str, args, bar) -> dict:
     commands = {"ortdecode continuous": (ortdecode_command(export, True, args.max_batch_rows), True),
                 "ortdecode static": (ortdecode_command(export, False, args.max_batch_rows), True),
                 "Optimum one-at-a-time": (optimum_command(art.name, art.checkpoint), False)}
+
     def measure(system: str, server: Server, concurrency: int, warm: bool) -> dict:
         _, streaming = commands[system]
         requests = request_sets[concurrency]
