@@ -60,7 +60,8 @@ def checkpoint_for(name: str) -> tuple[Path, str]:
 def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
     from ortdecode_export import export_model
 
-    from ortdecode_export.pipeline import default_layout, fuses_attention, packs_encoder_tokens, saves_ort_optimized
+    from ortdecode_export.pipeline import (default_layout, fuses_attention, fuses_projections, packs_encoder_tokens,
+                                           saves_ort_optimized)
 
     path = WORK / f"{name}-{variant}"
     options = {"fp32": {}, "int8": {"quantize": "int8"}, "cuda-fp32": {"target": "cuda"},
@@ -71,9 +72,11 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
                "int8-unpacked": {"quantize": "int8", "pack_encoder": False},
                "fp32-unoptimized": {"ort_optimize": False},
                "int8-unoptimized": {"quantize": "int8", "ort_optimize": False},
+               "fp32-separate-projections": {"fuse_projections": False},
                # the graphs Optimum's ORTModelForSeq2SeqLM reads: encoder, decoder and decoder with past as
                # Optimum wrote them (ortdecode's CPU default, one rewritten with-past decoder, is not one of them)
-               "optimum": {"layout": "split", "fuse_attention": False, "pack_encoder": False, "ort_optimize": False}
+               "optimum": {"layout": "split", "fuse_attention": False, "pack_encoder": False, "ort_optimize": False,
+                           "fuse_projections": False}
                }[variant]
     target = options.get("target", "cpu")
     layout = options.get("layout") or default_layout(target)
@@ -82,12 +85,14 @@ def export_variant(name: str, checkpoint: Path, variant: str) -> Path:
 
     packed = packs_encoder_tokens(target, AutoConfig.from_pretrained(checkpoint), options.get("pack_encoder", True))
     optimized = saves_ort_optimized(target, options.get("ort_optimize", True))
+    projections = fuses_projections(target, options.get("fuse_projections", True))
     if _done(path):
         manifest = json.loads((path / "ortdecode.json").read_text())
         made = manifest["export_options"]
         if made["layout"] == layout and ("attention_fusion" in made) == fused and \
                 (not fused or manifest.get("self_cache_in_place")) and \
-                manifest.get("encoder_packs_tokens", False) == packed and ("ort_optimized" in made) == optimized:
+                manifest.get("encoder_packs_tokens", False) == packed and ("ort_optimized" in made) == optimized \
+                and ("projection_fusion" in made) == projections:
             return path  # made before with today's options (an older exporter's export is made again)
     export_model(str(checkpoint), path, force=True, progress=False, **options)
     return _mark(path)

@@ -39,9 +39,10 @@ def best_ms(sessions, feeds, rounds: int, runs: int) -> list[float]:
     return best
 
 
-def parse_args(prog: str, doc: str, argv, runs: int, tag: str) -> argparse.Namespace:
+def parse_args(prog: str, doc: str, argv, runs: int, tag: str,
+               variants: tuple[str, ...] = ("fp32", "int8")) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    parser.add_argument("--variants", nargs="+", default=list(variants), choices=list(variants))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=runs)
     parser.add_argument("--threads", type=int, default=2)
@@ -85,12 +86,12 @@ def ratio_plot(path: Path, draw, ylabel: str, title: str) -> None:
 
 
 def main(prog: str, doc: str, argv, *, runs: int, tag: str, cases: int, unit: str, measure_variant, markdown,
-         plot) -> None:
+         plot, variants: tuple[str, ...] = ("fp32", "int8")) -> None:
     """A pass benchmark's command: each variant measured on the t5-small-shaped model over `cases` inputs
     (`measure_variant(variant, checkpoint, args, progress)`), the results written."""
     from tqdm import tqdm
 
-    args = parse_args(prog, doc, argv, runs=runs, tag=tag)
+    args = parse_args(prog, doc, argv, runs=runs, tag=tag, variants=variants)
     checkpoint, _ = artifacts.checkpoint_for("t5-small")
     with tqdm(total=len(args.variants) * cases, desc=tag.replace("-", " "), unit=unit) as progress:
         variants = [measure_variant(v, checkpoint, args, progress) for v in args.variants]

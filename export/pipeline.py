@@ -112,6 +112,11 @@ def saves_ort_optimized(target: str, ort_optimize: bool = True) -> bool:
     return ort_optimize and target == "cpu"
 
 
+def fuses_projections(target: str, fuse_projections: bool = True) -> bool:
+    """Whether the export gives projections of the same activations one GEMM (`projection_fusion`)."""
+    return fuse_projections and target == "cpu"
+
+
 def fuses_attention(target: str, layout: str, fuse_attention: bool = True) -> bool:
     """Whether an export with these options runs the attention fusion (CPU targets with a with-past decoder)."""
     return fuse_attention and target == "cpu" and mf.DECODER_WITH_PAST in layout_roles(layout)
@@ -192,7 +197,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                  quantize: str | None = None, layout: str | None = None, opset: int | None = None,
                  atol: float | None = None, validate: bool = True, force: bool = False,
                  progress: bool = True, decoder_mask: bool = True, fuse_attention: bool = True,
-                 pack_encoder: bool = True, ort_optimize: bool = True) -> mf.Manifest:
+                 pack_encoder: bool = True, ort_optimize: bool = True,
+                 fuse_projections: bool = True) -> mf.Manifest:
     """Export MODEL (a Hugging Face id or local checkpoint folder) to OUT_DIR and return its manifest.
 
     The export is built beside OUT_DIR and moved into place when complete; a second export into the
@@ -211,7 +217,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
     pack_encoder: CPU targets: the encoder's per-token work runs on the real tokens only, not on the padding
     (`packed_encoder`; the manifest's `encoder_packs_tokens`).
     ort_optimize: CPU targets: each graph is saved as ONNX Runtime's CPU provider optimizes it (`ort_optimize`;
-    the manifest's export_options["ort_optimized"]), so that loading it does not optimize it again."""
+    the manifest's export_options["ort_optimized"]), so that loading it does not optimize it again.
+    fuse_projections: CPU targets: projections of the same activations (query, key and value; the cross cache's
+    keys and values) become one GEMM each (`projection_fusion`; the manifest's
+    export_options["projection_fusion"] says how many per graph)."""
     from .adopt import adopt_optimum_export, is_optimum_export
 
     out_dir = Path(out_dir)
@@ -241,6 +250,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
         packing = packs_encoder_tokens(target, config, pack_encoder)
         steps += ["pack the encoder's tokens"] if packing else []
         optimizing = saves_ort_optimized(target, ort_optimize)
+        fusing_projections = fuses_projections(target, fuse_projections)
+        steps += ["fuse projections of the same activations"] if fusing_projections else []
         steps += ["optimize for ONNX Runtime's CPU provider"] if optimizing else []
         steps += ["write cache-reorder graph, tokenizer, manifest"] + (["validate against PyTorch"] if validate else [])
         notes: list[str] = []
@@ -275,7 +286,7 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         raise ExportError(f"MODEL {model!r}: --layout {layout} cannot compute the cross-attention "
                                           f"cache in the encoder: {exc}; use --layout split") from None
                     advance()
-                fusion, packed, optimized = None, None, {}
+                fusion, packed, optimized, projections = None, None, {}, {}
                 for role in roles:
                     source, final = work / OPTIMUM_FILES[role], staging / OPTIMUM_FILES[role]
                     if not source.exists():
@@ -307,6 +318,10 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                         from .cross_cache import store_weights_externally
 
                         store_weights_externally(final)
+                    if fusing_projections:  # after attention fusion: it packs GroupQueryAttention's q, k, v
+                        from .projection_fusion import fuse_projections_file
+
+                        projections[final.name] = str(fuse_projections_file(final))
                     if optimizing:  # last: it saves the graph that the passes above wrote, optimized
                         from .ort_optimize import save_ort_optimized
 
@@ -318,6 +333,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                 if fusing:
                     advance()
                 if packing:
+                    advance()
+                if fusing_projections:
                     advance()
                 if optimizing:
                     advance()
@@ -336,6 +353,8 @@ def export_model(model: str, out_dir: str | Path, *, target: str = "cpu", fp16: 
                 from .ort_optimize import optimized_by
 
                 export_options["ort_optimized"] = {**optimized_by(), "graphs": optimized}
+            if projections:
+                export_options["projection_fusion"] = projections
             manifest = write_manifest(staging, config, tokenizer, roles, source=_recorded_source(model), dtype=dtype,
                                       target=target, quantization="int8-dynamic" if quantize else None,
                                       export_options=export_options,

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU: save the graphs as the passes wrote them, for ONNX Runtime to optimize at every "
                              "load (by default they are saved as its CPU provider optimizes them, which loads faster "
                              "but ties them to a recent onnxruntime)")
+    export.add_argument("--no-fuse-projections", action="store_true",
+                        help="CPU: keep one MatMul per projection (by default the query, key and value, and the "
+                             "cross-attention cache's keys and values, are one GEMM each)")
     export.add_argument("--force", action="store_true", help="replace OUT_DIR when it holds a previous export")
 
     adopt = commands.add_parser("adopt", help="make a plain Optimum export folder an ortdecode export")
@@ -386,7 +389,8 @@ def _export(args) -> int:
     manifest = export_model(args.model, args.out_dir, target=target, fp16=fp16, quantize=args.quantize,
                             layout=args.layout, opset=args.opset, atol=args.atol, validate=not args.no_validate,
                             force=args.force, fuse_attention=not args.no_fuse_attention,
-                            pack_encoder=not args.no_pack_encoder, ort_optimize=not args.no_ort_optimize)
+                            pack_encoder=not args.no_pack_encoder, ort_optimize=not args.no_ort_optimize,
+                            fuse_projections=not args.no_fuse_projections)
     print(_export_summary(Path(args.out_dir), manifest))
     return 0
 

@@ -73,6 +73,9 @@ def test_int8_exports_save_the_quantized_matmuls_fused(tiny_v1, tmp_path):
     for file in GRAPHS:
         ops = op_types(out / file)
         assert "DynamicQuantizeMatMul" in ops and "MatMulInteger" not in ops
+    # the quantized projections stay one per weight (export/projection_fusion.py: fused, no faster)
+    assert json.loads((out / "ortdecode.json").read_text())["export_options"]["projection_fusion"] == {
+        file: "0 projections fused into 0 GEMMs" for file in GRAPHS}
 
 
 def test_optimizing_a_saved_graph_again_changes_nothing(with_past_export, tmp_path):
