@@ -122,11 +122,13 @@ def test_a_rewritten_graph_keeps_its_weights_in_one_data_file_with_the_same_perm
         assert (fused / (file + ".data")).stat().st_mode == (separate / (file + ".data")).stat().st_mode
 
 
-def projection_graph(readers_of_k: list[onnx.NodeProto], attention: bool = True, v_reads: str = "x"):
-    """x [rows, positions, 4] projected by three weights (q, k, v; k's MatMul first) into a GroupQueryAttention
-    (`attention`), plus `readers_of_k` reading k; v reads `v_reads`."""
+def projection_graph(readers_of_k: list[onnx.NodeProto], attention: bool = True, v_reads: str = "x",
+                     v_width: int = 4):
+    """x [rows, positions, 4] projected by three weights (q, k, v; k's MatMul first; v's `v_width` wide) into a
+    GroupQueryAttention (`attention`), plus `readers_of_k` reading k; v reads `v_reads`."""
     rng = np.random.default_rng(1)
-    weights = [numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), f"w{i}") for i in range(3)]
+    weights = [numpy_helper.from_array(rng.standard_normal((4, v_width if i == 2 else 4)).astype(np.float32), f"w{i}")
+               for i in range(3)]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["k"]), helper.make_node("MatMul", ["x", "w0"], ["q"]),
              helper.make_node("MatMul", [v_reads, "w2"], ["v"])]
     outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("q", "k", "v")]
@@ -167,7 +169,7 @@ def test_a_group_feeding_attention_is_packed_only_when_its_other_readers_read_th
                                                           ("y", 2, ["MatMul", "Split", "MatMul"])],
                          ids=["one-input", "v-reads-another-input"])
 def test_the_split_gives_each_projection_its_own_result(v_reads, projections, fused):
-    model = projection_graph([], attention=False, v_reads=v_reads)
+    model = projection_graph([], attention=False, v_reads=v_reads, v_width=6)  # widths 4, 4 and 6
     before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     report = fuse_projections(model)
     assert (report.groups, report.projections) == (1, projections)
