@@ -1,11 +1,12 @@
 """The projection fusion alone: encoder and with-past decoder with and without `export/projection_fusion.py`.
 
 On the float32 export of the t5-small-shaped benchmark model (int8 exports keep their quantized projections
-apart: see the pass), the default export and one made with `fuse_projections=False` (both cached in benchmarks/work/) run the same inputs in one process, in turns,
-on ONNX Runtime's CPU provider: the encoder on the packed-encoder benchmark's batches (1, 8 and 32 inputs of
-16 to 48 tokens, 32 of 5 to 200), the decoder on the attention-fusion benchmark's steps (1 to 128 rows,
-left-padded). Reports max |fused - separate| over every output, and ms per call (best of `--rounds` rounds of
-`--runs` runs each, the two graphs alternating) with the fused/separate ratio. Then both exports generate
+apart: see the pass), the default export and one made with `fuse_projections=False` (both cached in
+benchmarks/work/) run the same inputs in one process, in turns, on ONNX Runtime's CPU provider: the encoder
+on the packed-encoder benchmark's batches (1, 8 and 32 inputs of 16 to 48 tokens, 32 of 5 to 200), the
+decoder on the attention-fusion benchmark's steps (1 to 128 rows, left-padded). Reports max |fused - separate|
+over every output, and ms per call (best of `--rounds` rounds of `--runs` runs each, the two graphs
+alternating) with the fused/separate ratio. Then both exports generate
 through ortdecode (greedy, 64 new tokens, inputs of 40 random tokens, batch 1, 8 and 32), in pairs whose order
 alternates, `--rounds` x 4 pairs: the median [min-max] of the per-pair time ratios, fused / separate; the same
 for the embedded model (t5-numbers, its checkpoint exported both ways, default layout).
@@ -135,8 +136,9 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    graph_pair.main(PROG, __doc__, argv, runs=10, tag="projection-fusion", cases=len(BATCHES) + len(SHAPES) + 2 * len(GENERATION_BATCHES),
-                    unit="case", measure_variant=measure_variant, markdown=markdown, plot=plot, variants=("fp32",))
+    graph_pair.main(PROG, __doc__, argv, runs=10, tag="projection-fusion",
+                    cases=len(BATCHES) + len(SHAPES) + 2 * len(GENERATION_BATCHES), unit="case",
+                    measure_variant=measure_variant, markdown=markdown, plot=plot, variants=("fp32",))
 
 
 if __name__ == "__main__":

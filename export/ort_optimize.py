@@ -65,14 +65,21 @@ def save_ort_optimized(graph_file: Path) -> str:
         drop_default_attributes(model)
         onnx.save(model, str(optimized))
         nodes_after = _count_nodes(model.graph)
-        if old_data:
-            shutil.move(str(optimized) + ".data", str(graph_file.parent / data_name))
-        shutil.move(str(optimized), str(graph_file))
-    # the graph's former weights file (Optimum's `<graph>_data` for graphs over 2 GB), named after it: gone
+        replace_graph_files(graph_file, optimized, old_data)
+    return f"{nodes_before} -> {nodes_after} nodes"
+
+
+def replace_graph_files(graph_file: Path, written: Path, old_data: set[str]) -> None:
+    """Put `written` (and its `<name>.data`, when the graph keeps weights outside: `old_data`, the locations the
+    former graph read) in place of `graph_file`; then the former weights file, when it had another name (Optimum's
+    `<graph>_data` for graphs over 2 GB, named after the graph), goes."""
+    data_name = graph_file.name + ".data"
+    if old_data:
+        shutil.move(str(written) + ".data", str(graph_file.parent / data_name))
+    shutil.move(str(written), str(graph_file))
     for name in old_data - {data_name}:
         if Path(name).name == name and name.startswith(graph_file.name):
             (graph_file.parent / name).unlink(missing_ok=True)
-    return f"{nodes_before} -> {nodes_after} nodes"
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:

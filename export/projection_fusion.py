@@ -26,6 +26,7 @@ merged decoder's branches) are left as they are.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections import defaultdict
@@ -36,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .ort_optimize import _subgraphs
+from .ort_optimize import _subgraphs, replace_graph_files
 
 _PREFIX = "projection_fusion/"
 
@@ -56,11 +57,24 @@ class ProjectionReport:
 def fuse_projections(model: onnx.ModelProto) -> ProjectionReport:
     """Rewrite `model`'s top graph in place (its initializers must hold their data)."""
     graph = model.graph
-    weights = {tensor.name: tensor for tensor in graph.initializer}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # Split takes its widths as an input from opset 13
+        return ProjectionReport(0, 0, 0)
+    boundary = {value.name for value in [*graph.input, *graph.output]}
+    # constant weights only: an initializer that is also a graph input can be fed, one that is an output is read
+    weights = {tensor.name: tensor for tensor in graph.initializer if tensor.name not in boundary}
     consumers = defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
+    # tensors the packed attention would no longer produce must have no reader but the graph's own nodes
+    outside_readers = {o.name for o in graph.output} | {
+        name for node in graph.node for sub in _subgraphs(node) for inner in _nodes_at_every_depth(sub)
+        for name in inner.input}
+    taken = {tensor.name for tensor in graph.initializer} | {name for node in _nodes_at_every_depth(graph)
+                                                             for name in [*node.input, *node.output, node.name]}
+    names = (f"{_PREFIX}{n}" for n in itertools.count() if not any(t.startswith(f"{_PREFIX}{n}/") or
+                                                                    t == f"{_PREFIX}{n}" for t in taken))
     groups = defaultdict(list)  # input -> indices of the MatMuls that project it
     for index, node in enumerate(graph.node):
         if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input[1] in weights \
@@ -71,10 +85,10 @@ def fuse_projections(model: onnx.ModelProto) -> ProjectionReport:
         nodes = [graph.node[i] for i in indices]
         if len(nodes) < 2 or len({weights[n.input[1]].data_type for n in nodes}) != 1:
             continue
-        attention = _attention_fed_by(nodes, consumers)
+        attention = _attention_fed_by(nodes, consumers, outside_readers)
         if attention is not None:  # the query, key and value in GroupQueryAttention's order
             nodes.sort(key=lambda n: list(attention.input[:3]).index(n.output[0]))
-        new = _fused_nodes(nodes, f"{_PREFIX}{fused_groups}", weights, graph, attention, consumers)
+        new = _fused_nodes(nodes, next(names), weights, graph, attention, consumers)
         packed += attention is not None
         fused_groups += 1
         fused_nodes += len(nodes)
@@ -90,6 +104,7 @@ def fuse_projections(model: onnx.ModelProto) -> ProjectionReport:
     del graph.node[:]
     graph.node.extend(kept)
     used = {name for node in _nodes_at_every_depth(graph) for name in node.input}  # branches read the top's too
+    used |= boundary
     unused = [tensor for tensor in graph.initializer if tensor.name not in used]
     for tensor in unused:
         graph.initializer.remove(tensor)
@@ -98,28 +113,23 @@ def fuse_projections(model: onnx.ModelProto) -> ProjectionReport:
 
 def fuse_projections_file(path: Path) -> ProjectionReport:
     """`fuse_projections` on a graph file, rewritten in place; weights kept outside stay outside, in
-    `<graph>.data` (the former weights file, named after the graph, goes)."""
+    `<graph>.data` (`ort_optimize.replace_graph_files`)."""
     locations = {entry.value for tensor in onnx.load(str(path), load_external_data=False).graph.initializer
                  for entry in tensor.external_data if entry.key == "location"}
     model = onnx.load(str(path), load_external_data=True)
     report = fuse_projections(model)
     if not report.groups:
         return report
-    data = path.parent / (path.name + ".data")
     with tempfile.TemporaryDirectory(prefix=".projection-fusion-", dir=path.parent) as work:
         written = Path(work) / path.name
         if locations:
             onnx.save(model, str(written), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=data.name, size_threshold=1024)
+                      location=path.name + ".data", size_threshold=1024)
             shutil.copymode(path, str(written) + ".data")  # onnx makes it readable by its owner only
-            for name in locations:
-                if Path(name).name == name and name.startswith(path.name):
-                    (path.parent / name).unlink(missing_ok=True)
-            shutil.move(str(written) + ".data", str(data))
         else:
             onnx.save(model, str(written))
         shutil.copymode(path, written)
-        shutil.move(str(written), str(path))
+        replace_graph_files(path, written, locations)
     return report
 
 
@@ -130,10 +140,13 @@ def _nodes_at_every_depth(graph: onnx.GraphProto):
             yield from _nodes_at_every_depth(sub)
 
 
-def _attention_fed_by(nodes: list, consumers: dict) -> onnx.NodeProto | None:
+def _attention_fed_by(nodes: list, consumers: dict, outside_readers: set[str]) -> onnx.NodeProto | None:
     """The GroupQueryAttention whose query, key and value are exactly these projections' outputs, when every
-    other reader of them is a Shape of the leading two axes (the packed tensor has the same ones)."""
+    other reader of them is a Shape of the leading two axes (the packed tensor has the same ones), and none is
+    a graph output or read inside a subgraph."""
     outputs = {n.output[0] for n in nodes}
+    if outputs & outside_readers:
+        return None
     attention = [c for n in nodes for c in consumers[n.output[0]] if c.op_type == "GroupQueryAttention"]
     if len(nodes) != 3 or not attention or any(a is not attention[0] for a in attention):
         return None

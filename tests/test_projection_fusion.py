@@ -122,60 +122,99 @@ def test_a_rewritten_graph_keeps_its_weights_in_one_data_file_with_the_same_perm
         assert (fused / (file + ".data")).stat().st_mode == (separate / (file + ".data")).stat().st_mode
 
 
-def projection_graph(readers_of_k: list[onnx.NodeProto], attention: bool = True, v_reads: str = "x",
-                     v_width: int = 4):
-    """x [rows, positions, 4] projected by three weights (q, k, v; k's MatMul first; v's `v_width` wide) into a
-    GroupQueryAttention (`attention`), plus `readers_of_k` reading k; v reads `v_reads`."""
+def projection_graph(readers_of_k: list[onnx.NodeProto] = (), attention: bool = True, v_reads: str = "x",
+                     v_width: int = 8, opset: int = 17) -> onnx.ModelProto:
+    """x [rows, positions, 8] projected by three weights (q, k, v; k's MatMul first; v's `v_width` wide, reading
+    `v_reads`) into a GroupQueryAttention of one head (`attention`; else q, k and v are the outputs), plus
+    `readers_of_k` reading k (their outputs are graph outputs too)."""
     rng = np.random.default_rng(1)
-    weights = [numpy_helper.from_array(rng.standard_normal((4, v_width if i == 2 else 4)).astype(np.float32), f"w{i}")
+    weights = [numpy_helper.from_array(rng.standard_normal((8, v_width if i == 2 else 8)).astype(np.float32), f"w{i}")
                for i in range(3)]
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["k"]), helper.make_node("MatMul", ["x", "w0"], ["q"]),
              helper.make_node("MatMul", [v_reads, "w2"], ["v"])]
-    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("q", "k", "v")]
-    if attention:  # stands for the attention's reads; its kernel is not what these tests are about
-        nodes.append(helper.make_node("GroupQueryAttention", ["q", "k", "v"], ["attention"], domain="com.microsoft",
-                                      num_heads=1, kv_num_heads=1))
-    nodes += readers_of_k
-    outputs += [helper.make_tensor_value_info(r.output[0], TensorProto.INT64, None) for r in readers_of_k]
-    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["rows", "positions", 4])
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["rows", "positions", 8])
               for name in dict.fromkeys(["x", v_reads])]
+    if attention:
+        nodes.append(helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens_k", "total"],
+                                      ["attention", "present_k", "present_v"], domain="com.microsoft",
+                                      num_heads=1, kv_num_heads=1))
+        inputs += [helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["rows"]),
+                   helper.make_tensor_value_info("total", TensorProto.INT32, [])]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+               for name in (["attention", "present_k", "present_v"] if attention else ["q", "k", "v"])]
+    nodes += readers_of_k
+    outputs += [helper.make_tensor_value_info(r.output[0], TensorProto.INT64 if r.op_type == "Shape" else
+                                              TensorProto.FLOAT, None) for r in readers_of_k]
     return helper.make_model(helper.make_graph(nodes, "projections", inputs, outputs, weights),
-                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+                             opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+
+
+def fused_and_compared(model: onnx.ModelProto, **feeds: np.ndarray):
+    """The pass's report on `model`, after checking that the rewritten graph loads and gives the same outputs,
+    to the bit, on random x (3 rows of 5 positions) and `feeds`."""
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((3, 5, 8)).astype(np.float32), **feeds}
+    if any(i.name == "seqlens_k" for i in model.graph.input):
+        feeds |= {"seqlens_k": np.full(3, 4, np.int32), "total": np.array(5, np.int32)}
+    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {name: value for name, value in feeds.items() if name in {i.name for i in before.get_inputs()}}
+    expected = before.run(None, feeds)
+    report = fuse_projections(model)
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for want, got in zip(expected, after.run(None, feeds), strict=True):
+        np.testing.assert_array_equal(got, want)
+    return report
 
 
 def test_a_group_feeding_attention_is_packed_only_when_its_other_readers_read_the_leading_axes():
     leading = projection_graph([helper.make_node("Shape", ["k"], ["length"], start=1, end=2)])
-    report = fuse_projections(leading)
+    report = fused_and_compared(leading)
     assert (report.groups, report.projections, report.packed_attention) == (1, 3, 1)
     nodes = {n.op_type: n for n in leading.graph.node}
-    assert "Split" not in nodes and list(nodes["GroupQueryAttention"].input) == [nodes["MatMul"].output[0], "", ""]
+    assert "Split" not in nodes
+    assert list(nodes["GroupQueryAttention"].input[:3]) == [nodes["MatMul"].output[0], "", ""]
     assert nodes["Shape"].input[0] == nodes["MatMul"].output[0]
     fused_weight = numpy_helper.to_array(next(t for t in leading.graph.initializer
                                               if t.name == nodes["MatMul"].input[1]))
-    originals = {t.name: numpy_helper.to_array(t) for t in projection_graph([]).graph.initializer}
+    originals = {t.name: numpy_helper.to_array(t) for t in projection_graph().graph.initializer}
     # q (w0), k (w1), v (w2): the attention's order, not the graph's
     np.testing.assert_array_equal(fused_weight, np.concatenate([originals["w0"], originals["w1"], originals["w2"]],
                                                                axis=1))
     assert {t.name for t in leading.graph.initializer}.isdisjoint(originals)  # the separate weights are gone
 
-    whole_shape = projection_graph([helper.make_node("Shape", ["k"], ["shape"])])  # the last axis too
-    report = fuse_projections(whole_shape)
-    assert (report.groups, report.packed_attention) == (1, 0)
-    split = next(n for n in whole_shape.graph.node if n.op_type == "Split")
-    assert list(split.output) == ["k", "q", "v"]  # in the graph's order; the attention reads them by name
+    for reader in (helper.make_node("Shape", ["k"], ["shape"]),  # the last axis too
+                   helper.make_node("Identity", ["k"], ["k_again"])):  # not a Shape
+        model = projection_graph([reader])
+        report = fused_and_compared(model)
+        assert (report.groups, report.packed_attention) == (1, 0)
+        split = next(n for n in model.graph.node if n.op_type == "Split")
+        assert list(split.output) == ["k", "q", "v"]  # in the graph's order; the attention reads them by name
 
 
 @pytest.mark.parametrize("v_reads, projections, fused", [("x", 3, ["MatMul", "Split"]),
                                                           ("y", 2, ["MatMul", "Split", "MatMul"])],
                          ids=["one-input", "v-reads-another-input"])
 def test_the_split_gives_each_projection_its_own_result(v_reads, projections, fused):
-    model = projection_graph([], attention=False, v_reads=v_reads, v_width=6)  # widths 4, 4 and 6
-    before = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    report = fuse_projections(model)
+    model = projection_graph(attention=False, v_reads=v_reads, v_width=12)  # widths 8, 8 and 12
+    report = fused_and_compared(model, y=np.random.default_rng(3).standard_normal((3, 5, 8)).astype(np.float32))
     assert (report.groups, report.projections) == (1, projections)
     assert [n.op_type for n in model.graph.node] == fused
-    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(2)
-    feeds = {i.name: rng.standard_normal((2, 3, 4)).astype(np.float32) for i in before.get_inputs()}
-    for expected, got in zip(before.run(None, feeds), after.run(None, feeds), strict=True):
-        np.testing.assert_array_equal(got, expected)
+
+
+def test_what_the_pass_leaves_or_renames_so_that_the_graph_stays_valid():
+    # a projection that is a graph output keeps its tensor: the attention is not given the packed form
+    model = projection_graph()
+    model.graph.output.append(helper.make_tensor_value_info("q", TensorProto.FLOAT, None))
+    assert fused_and_compared(model).packed_attention == 0
+    # a weight that is also a graph input can be fed another value: it stays a projection of its own
+    model = projection_graph()
+    model.graph.input.append(helper.make_tensor_value_info("w1", TensorProto.FLOAT, [8, 8]))
+    report = fused_and_compared(model, w1=np.ones((8, 8), np.float32))
+    assert (report.projections, report.packed_attention) == (2, 0) and "w1" in {t.name for t in model.graph.initializer}
+    # names the graph already has are not taken again
+    model = projection_graph()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "projection_fusion/0/weight"))
+    fused_and_compared(model)
+    assert "projection_fusion/1/weight" in {t.name for t in model.graph.initializer}
+    # before opset 13 Split has no widths input: nothing is fused
+    assert fused_and_compared(projection_graph(attention=False, opset=11)).groups == 0
