@@ -18,6 +18,8 @@ from onnx import helper, numpy_helper
 
 from ortdecode import manifest as mf
 
+from .ort_optimize import save_with_weights_outside
+
 
 class CrossCacheError(ValueError):
     """The first-step decoder's cross-attention projections do not have the expected form."""
@@ -79,5 +81,4 @@ def store_weights_externally(graph_file: Path) -> None:
     model = onnx.load(str(graph_file), load_external_data=False)  # weights inside the file are read all the same
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         return
-    onnx.save(model, str(graph_file), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=graph_file.name + ".data", size_threshold=1024)
+    save_with_weights_outside(model, graph_file)

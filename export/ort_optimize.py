@@ -29,7 +29,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-# initializers this large or larger go to the external data file (`store_weights_externally`'s threshold)
+# initializers this large or larger go to the external data file (`save_with_weights_outside`)
 _EXTERNAL_MIN_BYTES = 1024
 
 
@@ -88,8 +88,23 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
             for graph in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs))]
 
 
+def nodes_at_every_depth(graph: onnx.GraphProto):
+    """The graph's nodes and, after each, the nodes of the graphs it holds, at every depth."""
+    for node in graph.node:
+        yield node
+        for sub in _subgraphs(node):
+            yield from nodes_at_every_depth(sub)
+
+
 def _count_nodes(graph: onnx.GraphProto) -> int:
-    return sum(1 + sum(_count_nodes(sub) for sub in _subgraphs(node)) for node in graph.node)
+    return sum(1 for _ in nodes_at_every_depth(graph))
+
+
+def save_with_weights_outside(model: onnx.ModelProto, graph_file: Path) -> None:
+    """Save `model` as `graph_file`, its weights of `_EXTERNAL_MIN_BYTES` or more in `<graph file>.data` beside it
+    (onnx appends to that file: it must not exist yet)."""
+    onnx.save(model, str(graph_file), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=graph_file.name + ".data", size_threshold=_EXTERNAL_MIN_BYTES)
 
 
 def _schemas() -> dict[tuple[str, str], list]:

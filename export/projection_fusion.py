@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.external_data_helper import load_external_data_for_model
 
-from .ort_optimize import _subgraphs, replace_graph_files
+from .ort_optimize import _subgraphs, nodes_at_every_depth, replace_graph_files, save_with_weights_outside
 
 _PREFIX = "projection_fusion/"
 
@@ -69,9 +70,9 @@ def fuse_projections(model: onnx.ModelProto) -> ProjectionReport:
             consumers[name].append(node)
     # tensors the packed attention would no longer produce must have no reader but the graph's own nodes
     outside_readers = {o.name for o in graph.output} | {
-        name for node in graph.node for sub in _subgraphs(node) for inner in _nodes_at_every_depth(sub)
+        name for node in graph.node for sub in _subgraphs(node) for inner in nodes_at_every_depth(sub)
         for name in inner.input}
-    taken = {tensor.name for tensor in graph.initializer} | {name for node in _nodes_at_every_depth(graph)
+    taken = {tensor.name for tensor in graph.initializer} | {name for node in nodes_at_every_depth(graph)
                                                              for name in [*node.input, *node.output, node.name]}
     names = (f"{_PREFIX}{n}" for n in itertools.count() if not any(t.startswith(f"{_PREFIX}{n}/") or
                                                                     t == f"{_PREFIX}{n}" for t in taken))
@@ -103,7 +104,7 @@ def fuse_projections(model: onnx.ModelProto) -> ProjectionReport:
             kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
-    used = {name for node in _nodes_at_every_depth(graph) for name in node.input}  # branches read the top's too
+    used = {name for node in nodes_at_every_depth(graph) for name in node.input}  # branches read the top's too
     used |= boundary
     unused = [tensor for tensor in graph.initializer if tensor.name not in used]
     for tensor in unused:
@@ -114,30 +115,23 @@ def fuse_projections(model: onnx.ModelProto) -> ProjectionReport:
 def fuse_projections_file(path: Path) -> ProjectionReport:
     """`fuse_projections` on a graph file, rewritten in place; weights kept outside stay outside, in
     `<graph>.data` (`ort_optimize.replace_graph_files`)."""
-    locations = {entry.value for tensor in onnx.load(str(path), load_external_data=False).graph.initializer
-                 for entry in tensor.external_data if entry.key == "location"}
-    model = onnx.load(str(path), load_external_data=True)
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data
+                 if entry.key == "location"}
+    load_external_data_for_model(model, str(path.parent))
     report = fuse_projections(model)
     if not report.groups:
         return report
     with tempfile.TemporaryDirectory(prefix=".projection-fusion-", dir=path.parent) as work:
         written = Path(work) / path.name
         if locations:
-            onnx.save(model, str(written), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=path.name + ".data", size_threshold=1024)
+            save_with_weights_outside(model, written)
             shutil.copymode(path, str(written) + ".data")  # onnx makes it readable by its owner only
         else:
             onnx.save(model, str(written))
         shutil.copymode(path, written)
         replace_graph_files(path, written, locations)
     return report
-
-
-def _nodes_at_every_depth(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for sub in _subgraphs(node):
-            yield from _nodes_at_every_depth(sub)
 
 
 def _attention_fed_by(nodes: list, consumers: dict, outside_readers: set[str]) -> onnx.NodeProto | None:
