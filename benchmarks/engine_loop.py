@@ -4,7 +4,9 @@ C clients each submit their next request the moment their last one finishes (inp
 tokens, exactly 8 to 128 new tokens in steps of 8, as `benchmarks.serve` draws them), straight on
 `BatchEngine`; one thread steps it. Prints output tokens/s and time to first token (submit -> the step
 that made the first token returns) p50/p99, continuous or static batching, and the engine's time split:
-decoder steps of the running rows, newcomers' encoder + first step, the batch rebuild (`Runner.join`).
+decoder steps of the running rows, newcomers' encoder + first step, the batch rebuild (`Runner.join`); and the
+running steps' mean rows, cached columns and the share of those columns that is left padding, which the
+self-attention reads for nothing (a row that joined late is padded to the batch's oldest row).
 
     python -m benchmarks.engine_loop --model benchmarks/work/t5-small-fp32 [--concurrency 16] [--requests 64]
         [--static] [--generate] [--code DIR]
@@ -55,7 +57,8 @@ def main(argv=None) -> None:
     if args.overhead:
         return _host_overhead(generator, np.random.default_rng(args.seed))
     seconds = defaultdict(float)
-    _time_runner_verbs(generator.runner, seconds)
+    shapes: list[tuple[int, int, float]] = []  # per running step: rows, cached columns, mean columns a row uses
+    _time_runner_verbs(generator.runner, seconds, shapes)
     rng = np.random.default_rng(args.seed)
     vocab = generator.manifest.vocab_size
     pending = [(generator.tokenizer.decode(rng.integers(3, vocab, size=int(rng.integers(4, 65))).tolist(),
@@ -66,6 +69,7 @@ def main(argv=None) -> None:
     while not warm.finished:
         engine.step()
     seconds.clear()
+    shapes.clear()
 
     submitted, ttft, live, tokens = {}, {}, set(), 0
 
@@ -107,6 +111,11 @@ def main(argv=None) -> None:
           f"{np.percentile(ms, 50):.0f} ms, p99 {np.percentile(ms, 99):.0f} ms (after the first wave: p50 "
           f"{np.percentile(steady, 50) if len(steady) else float('nan'):.0f}, p99 "
           f"{np.percentile(steady, 99) if len(steady) else float('nan'):.0f}); runner time: {split}")
+    if shapes:
+        rows, columns, used = np.array(shapes, dtype=np.float64).T
+        print(f"running rows' steps: {rows.mean():.1f} rows, {columns.mean():.1f} cached columns on average, "
+              f"{1 - (rows * used).sum() / (rows * columns).sum():.0%} of the cache the attention reads is left "
+              "padding (rows that joined later than the batch's oldest)")
 
 
 def _plain_generate(generator, rng) -> None:
@@ -179,11 +188,15 @@ def _host_overhead(generator, rng, runs: int = 15) -> None:
           f"(median of {runs})")
 
 
-def _time_runner_verbs(runner, seconds: dict) -> None:
-    """Add each runner verb's wall time to `seconds` (the first decoder step of a state counts as 'first step')."""
+def _time_runner_verbs(runner, seconds: dict, shapes: list) -> None:
+    """Add each runner verb's wall time to `seconds` (the first decoder step of a state counts as 'first step');
+    append each later step's (rows, cached columns, mean columns a row has cached) to `shapes`."""
     def timed(name, verb):
         def call(*args, **kwargs):
             label = "first step" if name == "step" and not args[0].self_cache else name
+            if name == "step" and label == "step":
+                state = args[0]
+                shapes.append((state.rows, state.past, float(state.decoder_mask.sum(axis=1).mean())))
             started = time.perf_counter()
             try:
                 return verb(*args, **kwargs)

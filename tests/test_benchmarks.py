@@ -54,10 +54,15 @@ def test_the_engine_loop_runs_both_batching_modes_and_splits_runner_time(default
 
     for extra in ([], ["--static"]):
         engine_loop.main(["--model", str(default_model_dir), "--concurrency", "3", "--requests", "5", *extra])
-        line = capsys.readouterr().out
+        line, shapes = capsys.readouterr().out.splitlines()
         assert line.startswith("static" if extra else "continuous") and "3 clients, 5 requests" in line
         seconds = dict(part.rsplit(" ", 2)[:2] for part in line.split("runner time: ")[1].strip().split(", "))
         assert {"encode", "first step", "step"} <= set(seconds) and float(seconds["step"]) > 0
+        rows = float(shapes.split("steps: ")[1].split(" rows")[0])
+        padding = int(shapes.split(" of the cache")[0].rsplit(" ", 1)[1].rstrip("%"))
+        assert 1 <= rows <= 3 and 0 <= padding < 100
+        if extra:  # a static batch starts together: its rows are never padded
+            assert padding == 0
     engine_loop.main(["--model", str(default_model_dir), "--generate"])
     out = capsys.readouterr().out
     assert out.count("time to first token") == 3 and out.count("beam 4, batch") == 2 and "mixed lengths" in out
