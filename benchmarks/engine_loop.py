@@ -194,7 +194,7 @@ def _time_runner_verbs(runner, seconds: dict, shapes: list) -> None:
     def timed(name, verb):
         def call(*args, **kwargs):
             label = "first step" if name == "step" and not args[0].self_cache else name
-            if name == "step" and label == "step":
+            if label == "step":  # a later step of a state
                 state = args[0]
                 shapes.append((state.rows, state.past, float(state.decoder_mask.sum(axis=1).mean())))
             started = time.perf_counter()
