@@ -191,8 +191,8 @@ class GenerationConfig:
             fail("max_input_tokens", "an integer >= 1, or None")
         if not isinstance(self.truncate_input, bool):
             fail("truncate_input", "True or False")
-        if self.seed is not None and not _is_int(self.seed):
-            fail("seed", "an integer or None")
+        if self.seed is not None and not (_is_int(self.seed) and self.seed >= 0):
+            fail("seed", "an integer >= 0 or None")
         for name in ("return_logits", "return_scores"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "True or False")

@@ -73,7 +73,7 @@ class Request:
         self.input_ids, self.attention_mask = input_ids, attention_mask
         self.input_length = int(attention_mask.sum())
         self.inputs = len(input_ids)
-        self.rows = self.inputs * config.rows_per_input
+        self.rows, _ = self.demand(config, input_ids, attention_mask)
         self.created = time.monotonic()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
@@ -97,13 +97,19 @@ class Request:
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
 
+    @staticmethod
+    def demand(config: GenerationConfig, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[int, int]:
+        """(rows, tokens) a request of these inputs counts against `max_batch_rows` and `max_batch_tokens`:
+        its beams or samples of every input; its inputs' tokens plus its new-token budget."""
+        return len(input_ids) * config.rows_per_input, int(attention_mask.sum()) + config.new_token_budget
+
     @property
     def finished(self) -> bool:
         return self.finished_at is not None
 
     @property
     def tokens(self) -> int:
-        """What the request counts against `max_batch_tokens`: its input plus its new-token budget."""
+        """What the request counts against `max_batch_tokens` (`demand`)."""
         return self.input_length + self.config.new_token_budget
 
     def advance(self, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
@@ -242,15 +248,17 @@ class BatchEngine:
     def add(self, input_ids: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
             logits_processors: Sequence[LogitsProcessor] = (), request_id: str | None = None,
             stream_text: bool = False) -> Request:
-        """Queue checked inputs (int64[inputs, len], every row of a `generate` call) with a checked config."""
+        """Queue checked inputs (int64[inputs, len], every row of a `generate` call) with a checked config.
+        The limits are checked before the request's arrays exist (a huge `num_beams` is refused, not allocated)."""
+        rows, tokens = Request.demand(config, input_ids, attention_mask)
+        if rows > self.limits["max_batch_rows"]:
+            raise ValueError(f"the request needs {rows} decoder rows (`num_beams` or `num_return_sequences`),"
+                             f" more than the engine's max_batch_rows ({self.limits['max_batch_rows']})")
+        if tokens > self.limits["max_batch_tokens"]:
+            raise ValueError(f"the request counts {tokens} tokens (input + `max_new_tokens`), more than the "
+                             f"engine's max_batch_tokens ({self.limits['max_batch_tokens']})")
         request = Request(request_id or f"req-{next(self._ids)}", config, input_ids, attention_mask, self.generator,
                           logits_processors, stream_text)
-        if request.rows > self.limits["max_batch_rows"]:
-            raise ValueError(f"the request needs {request.rows} decoder rows (`num_beams` or `num_return_sequences`),"
-                             f" more than the engine's max_batch_rows ({self.limits['max_batch_rows']})")
-        if request.tokens > self.limits["max_batch_tokens"]:
-            raise ValueError(f"the request counts {request.tokens} tokens (input + `max_new_tokens`), more than the "
-                             f"engine's max_batch_tokens ({self.limits['max_batch_tokens']})")
         with self._work:
             if self.closed:
                 raise EngineClosedError("the engine is closed and admits no new requests")

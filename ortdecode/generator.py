@@ -274,16 +274,18 @@ class Generator:
         return ids, mask
 
 
-def check_texts(texts: Sequence, name: str) -> None:
+def check_texts(texts: Sequence, name: str, indexed: bool = True) -> None:
+    """Messages name `name[index]`, or `name` alone when not `indexed` (the caller's one text)."""
     if not texts:
         raise ValueError(f"`{name}` is empty: pass at least one text")
     for index, text in enumerate(texts):
+        item = f"{name}[{index}]" if indexed else name
         if not isinstance(text, str):
-            raise ValueError(f"`{name}[{index}]` has to be a string, but is a {type(text).__name__}")
+            raise ValueError(f"`{item}` has to be a string, but is a {type(text).__name__}")
         if not text.strip():
-            raise ValueError(f"`{name}[{index}]` is empty or whitespace only")
+            raise ValueError(f"`{item}` is empty or whitespace only")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(f"`{name}[{index}]` is not valid Unicode (a lone surrogate at position {exc.start}, "
+            raise ValueError(f"`{item}` is not valid Unicode (a lone surrogate at position {exc.start}, "
                              "e.g. from bytes that were not UTF-8)") from None

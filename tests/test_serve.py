@@ -241,19 +241,33 @@ BAD_REQUESTS = [
     ("/generate", {"inputs": "spell out: 1", "parameters": {"input_ids": [[1]]}}, r"`input_ids` is not a generation option"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"decoder_start_token_id": 10**6}},
      r"`decoder_start_token_id` has to hold token ids in \[0, 160\)"),
-    ("/generate", {"inputs": "  ", "parameters": {}}, r"`texts\[0\]` is empty or whitespace only"),
-    ("/generate", {"inputs": "spell out: 1 " * 300}, r"more than `max_input_tokens` \(512\)"),
+    ("/generate", {"inputs": "  ", "parameters": {}}, r"^`inputs` is empty or whitespace only"),
+    ("/generate", {"inputs": "spell out: 1 " * 300}, r"^`inputs` has \d+ tokens, more than `max_input_tokens` \(512\)"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"num_beams": 17}}, r"needs 17 decoder rows"),
+    # refused before anything is allocated for its rows
+    ("/generate", {"inputs": "spell out: 1", "parameters": {"num_beams": 10**12}}, r"needs 1000000000000 decoder rows"),
+    ("/generate", {"inputs": "spell out: 1", "parameters": {"do_sample": True, "seed": -1}},
+     r"`seed` has to be an integer >= 0 or None"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"max_new_tokens": 9000}}, r"max_batch_tokens \(8192\)"),
     ("/generate", {"inputs": 12}, r"`inputs`: Input should be a valid string"),
     ("/generate", {"parameters": {}}, r"`inputs`: Field required"),
     ("/generate", {"inputs": "spell out: 1", "parameters": {"max_new_tokens": 4}, "extra": 1}, r"`extra`: Extra inputs"),
     ("/generate_stream", {"inputs": "spell out: 1", "parameters": {"num_return_sequences": 2, "num_beams": 2}},
      r"`num_return_sequences` has to be 1 for /generate_stream"),
-    ("/v1/completions", {"prompt": "spell out: 1", "max_tokens": 0}, r"`max_new_tokens` has to be an integer >= 1"),
+    ("/v1/completions", {"prompt": "spell out: 1", "max_tokens": 0}, r"^`max_tokens`: Input should be greater than or "
+                                                                      r"equal to 1"),
+    ("/v1/completions", {"prompt": "spell out: 1", "temperature": -1}, r"^`temperature`: Input should be greater"),
+    ("/v1/completions", {"prompt": "spell out: 1", "max_new_tokens": 5}, r"^`max_new_tokens` is `max_tokens` in "
+                                                                         r"/v1/completions"),
+    ("/v1/completions", {"prompt": ["spell out: 1", "spell out: 1 " * 300]}, r"^`prompt\[1\]` has \d+ tokens, more "
+                                                                            r"than `max_input_tokens` \(512\)"),
+    ("/v1/completions", {"prompt": ["spell out: 1"] * 65}, r"^`prompt` holds 65 texts, more than the server runs at "
+                                                           r"once \(--max-concurrent-requests 64\)"),
     ("/v1/completions", {"prompt": "spell out: 1", "n": 2, "temperature": 0}, r"`num_return_sequences` \(2\) has to be <="),
     ("/v1/completions", {"prompt": "spell out: 1", "model": "gpt-4"}, r"`model` has to be 't5-numbers'"),
     ("/v1/completions", {"prompt": []}, r"`prompt` is an empty list"),
+    ("/v1/completions", {"prompt": ["spell out: 1", "\t"]}, r"^`prompt\[1\]` is empty or whitespace only"),
+    ("/v1/completions", {"prompt": ""}, r"^`prompt` is empty or whitespace only"),
     ("/v1/completions", {"prompt": "spell out: 1", "logprobs": 3}, r"unknown generation option\(s\): logprobs"),
 ]
 
@@ -286,8 +300,10 @@ def test_info_health_models(server):
     assert server.client.get("/health").json() == {"status": "ready"}
     info = server.client.get("/info").json()
     assert info["model_id"] == "t5-numbers" and info["version"] == ortdecode.__version__
-    assert info["limits"]["max_batch_rows"] == 16 and info["manifest"]["vocab_size"] == 160
-    assert info["limits"]["continuous_batching"] is True  # the export has a decoder attention mask
+    assert info["limits"] == {"max_batch_rows": 16, "max_batch_tokens": 8192, "max_concurrent_requests": 64,
+                              "request_timeout": 60.0, "grace_period": 30.0,
+                              "continuous_batching": True}  # the export has a decoder attention mask
+    assert info["manifest"]["vocab_size"] == 160 and info["decoder_layout"] == "split"
     assert server.client.get("/v1/models").json()["data"][0]["id"] == "t5-numbers"
 
 
@@ -404,12 +420,15 @@ def test_queue_full_429_and_timeout_keeps_partial_text(generator):
 
 
 def test_an_export_without_the_decoder_mask_serves_static_batches_said_once(generator, maskless_export):
-    process = ServerProcess("--model", str(maskless_export), "--provider", "cpu")
+    """Also: the model folder's name is the served model id, and the loading options reach the model."""
+    process = ServerProcess("--model", str(maskless_export), "--provider", "cpu", "--decoder-layout", "with-past")
     try:
-        assert process.client.get("/info").json()["limits"]["continuous_batching"] is False
+        info = process.client.get("/info").json()
+        assert info["limits"]["continuous_batching"] is False and info["decoder_layout"] == "with-past"
         assert process.stderr.count("no decoder attention mask") == 1 and "static batching" in process.stderr
         body = post(process, "/generate", {"inputs": "spell out: 7"}).json()
         assert body["generated_text"] == generator.generate("spell out: 7").texts[0]
+        assert process.client.get("/v1/models").json()["data"][0]["id"] == "t5-numbers-maskless"
     finally:
         assert process.stop() == 0
 
@@ -431,6 +450,33 @@ def test_signal_drains_running_requests_then_exits_0(generator, sig):
     assert body["generated_text"] == generator.generate("spell out: 7", **options).texts[0]
     assert body["details"]["finish_reason"] == "length"
     assert process.proc.wait(30) == 0
+    assert "draining" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_grace_period_cancels_what_still_runs_and_the_limits_apply(generator):
+    """--grace-period 1: a request still running a second after SIGTERM answers with its partial text, reason
+    "cancelled", and the server exits 0. The flags reach the engine, and the latency metrics are recorded."""
+    process = ServerProcess("--provider", "cpu", "--threads", "1", "--grace-period", "1", "--max-batch-tokens", "2000",
+                            "--no-continuous-batching")
+    limits = process.client.get("/info").json()["limits"]
+    assert limits["grace_period"] == 1.0 and limits["max_batch_tokens"] == 2000 and not limits["continuous_batching"]
+    refused = post(process, "/generate", {"inputs": "spell out: 7", "parameters": {"max_new_tokens": 2001}})
+    assert refused.status_code == 422 and "max_batch_tokens (2000)" in refused.json()["error"]
+    short = post(process, "/generate", {"inputs": "spell out: 7"}).json()
+    assert short["generated_text"] == generator.generate("spell out: 7").texts[0]
+    metrics = process.metrics()
+    for histogram in ("ortdecode_time_to_first_token_seconds", "ortdecode_request_duration_seconds",
+                      "ortdecode_batch_step_seconds"):
+        assert metrics[f"{histogram}_count"] >= 1 and metrics[f"{histogram}_sum"] > 0, histogram
+    assert metrics["ortdecode_generated_tokens_total"] == short["details"]["generated_tokens"]
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(post, process, "/generate", {"inputs": "spell out: 7", "parameters": LONG})
+        process.wait_metric("ortdecode_batch_current_rows", lambda rows: rows == 1)
+        signalled = time.monotonic()
+        process.proc.send_signal(signal.SIGTERM)
+        body = running.result(timeout=30).json()
+    assert body["details"]["finish_reason"] == "cancelled" and 0 < body["details"]["generated_tokens"] < 1500
+    assert process.proc.wait(30) == 0 and time.monotonic() - signalled < 15
     assert "draining" in process.stderr and "Traceback" not in process.stderr
 
 
@@ -476,6 +522,24 @@ def test_internal_error_is_500_in_one_line_and_logged(broken_export):
     assert process.stderr.count("Traceback") == 2 and "NonFiniteLogitsError" in process.stderr
 
 
+def test_the_served_model_id_is_the_folders_name_or_as_given(generator):
+    """The embedded model answers to "t5-numbers" wherever the package keeps it (an installed package holds it
+    in a folder named default_model); --served-model-name replaces the id."""
+    from ortdecode.serve.state import ServeSettings, served_model_name
+
+    assert served_model_name(ServeSettings()) == "t5-numbers"
+    assert served_model_name(ServeSettings(model="/srv/exports/default_model/")) == "default_model"
+    process = ServerProcess("--provider", "cpu", "--served-model-name", "numbers-v2")
+    try:
+        assert process.client.get("/v1/models").json()["data"][0]["id"] == "numbers-v2"
+        body = post(process, "/v1/completions", {"prompt": "spell out: 7", "model": "numbers-v2"}).json()
+        assert body["model"] == "numbers-v2" and body["choices"][0]["text"] == generator.generate("spell out: 7").texts[0]
+        refused = post(process, "/v1/completions", {"prompt": "spell out: 7", "model": "t5-numbers"})
+        assert refused.status_code == 422 and "`model` has to be 'numbers-v2'" in refused.json()["error"]["message"]
+    finally:
+        assert process.stop() == 0
+
+
 def test_serve_without_the_extra_says_what_to_install():
     code = ("import sys; sys.modules['fastapi'] = None; from ortdecode.cli import main; "
             "sys.exit(main(['serve']))")
@@ -488,11 +552,16 @@ def test_serve_without_the_extra_says_what_to_install():
     (["--model", "{tmp}"], 1, r"ortdecode\.json"),
     (["--max-batch-rows", "0"], 2, r"--max-batch-rows has to be >= 1"),
     (["--request-timeout", "0"], 2, r"--request-timeout has to be > 0"),
+    (["--port", "65536"], 2, r"--port has to be in 0\.\.65535"),
+    (["--port", "{busy}"], 1, r"--host 127\.0\.0\.1 --port \d+: cannot listen there \(Address already in use\)"),
 ])
 def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys, args, status, match):
     from ortdecode.cli import main
 
-    assert main(["serve", *[a.format(tmp=tmp_path) for a in args]]) == status
+    with socket.socket() as busy:  # a port another program listens on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", *[a.format(tmp=tmp_path, busy=busy.getsockname()[1]) for a in args]]) == status
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(match, err), err
 

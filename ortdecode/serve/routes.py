@@ -17,6 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import QueueFullError
+from ..errors import InputTooLongError
+from ..generator import check_texts
 from .schemas import (CompletionRequest, GenerateRequest, completion_body, generate_response, openai_finish_reason,
                       stream_events, usage_of)
 
@@ -40,12 +42,15 @@ class Job:
         self.requests: list = []
         self._open: set[str] = set()
 
-    def submit(self, texts: list[str], options: dict) -> None:
+    def submit(self, texts: list[str], options: dict, field: str, indexed: bool) -> None:
+        """field: the request body's name for the texts (messages name it: `inputs`, `prompt[1]`); indexed:
+        whether the body gave a list."""
         server = self.server
         server.check_admitting()
         reserved = sorted(_NOT_OPTIONS & set(options))
         if reserved:
             raise ValueError(f"`{reserved[0]}` is not a generation option")
+        check_texts(texts, field, indexed)
         options = dict(options)
         timeout = server.settings.request_timeout
         max_time = options.get("max_time")
@@ -54,11 +59,19 @@ class Job:
             options["max_time"] = timeout  # the request's deadline: past it, its partial text, reason "time"
         worker = server.worker
         cap = server.settings.max_concurrent_requests
+        if len(texts) > cap:  # never admitted, however long it waits: not a 429
+            raise ValueError(f"`{field}` holds {len(texts)} texts, more than the server runs at once "
+                             f"(--max-concurrent-requests {cap})")
         if worker.open_requests + len(texts) > cap:
             raise QueueFullError(f"the server is at its limit of {cap} concurrent requests (--max-concurrent-requests)")
         try:
-            for text in texts:
-                request = worker.submit(text, options, self.queue)
+            for index, text in enumerate(texts):
+                try:
+                    request = worker.submit(text, options, self.queue)
+                except InputTooLongError as exc:  # it numbers the one input it was given: 0
+                    item = f"{field}[{index}]" if indexed else field
+                    raise ValueError(f"`{item}` has {exc.length} tokens, more than `max_input_tokens` ({exc.limit}); "
+                                     "shorten it or pass truncate_input: true to cut it") from None
                 self.requests.append(request)
                 self._open.add(request.request_id)
         except BaseException:
@@ -134,7 +147,7 @@ async def _stream(job: Job, events) -> AsyncIterator[str]:
 @router.post("/generate")
 async def generate(body: GenerateRequest, http_request: Request):
     job = Job(http_request)
-    job.submit([body.inputs], body.options())
+    job.submit([body.inputs], body.options(), "inputs", indexed=False)
     results = await job.results(http_request)
     if results is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -149,7 +162,7 @@ async def generate_stream(body: GenerateRequest, http_request: Request):
         raise ValueError("`num_return_sequences` has to be 1 for /generate_stream (it streams one sequence), "
                          f"but is {options['num_return_sequences']!r}; use /generate")
     job = Job(http_request)
-    job.submit([body.inputs], options)
+    job.submit([body.inputs], options, "inputs", indexed=False)
 
     async def events():
         tokens = 0
@@ -177,7 +190,7 @@ async def completions(body: CompletionRequest, http_request: Request):
     prompts = body.prompts()
     if not prompts:
         raise ValueError("`prompt` is an empty list: pass at least one prompt")
-    job.submit(prompts, body.options())
+    job.submit(prompts, body.options(), "prompt", indexed=not isinstance(body.prompt, str))
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     n = body.n
     index_of = {request.request_id: i * n for i, request in enumerate(job.requests)}  # first choice of each prompt

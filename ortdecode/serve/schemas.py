@@ -32,14 +32,19 @@ class GenerateRequest(BaseModel):
         return {k: v for k, v in self.parameters.items() if k not in _TGI_PRESENTATION_FLAGS}
 
 
+# generate() options that OpenAI's completions name otherwise: given under the library's name, they are refused
+# rather than silently replaced by the OpenAI field's value (or default)
+_OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n"}
+
+
 class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # extra fields are generation options
     model: str | None = None
     prompt: str | list[str]
-    max_tokens: int | None = 16
-    temperature: float | None = None  # None: the model's default (greedy for T5); 0: greedy; > 0: sampling
+    max_tokens: int | None = Field(16, ge=1)
+    temperature: float | None = Field(None, ge=0)  # None: the model's default (greedy for T5); 0: greedy; > 0: sampling
     top_p: float | None = None
-    n: int = 1
+    n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
@@ -51,6 +56,9 @@ class CompletionRequest(BaseModel):
 
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = dict(self.model_extra or {})
+        for option, field in _OPENAI_NAMES.items():
+            if option in options:
+                raise ValueError(f"`{option}` is `{field}` in /v1/completions")
         if self.max_tokens is not None:
             options["max_new_tokens"] = self.max_tokens
         if self.temperature is not None:

@@ -8,11 +8,13 @@ text, reason "cancelled"), and exits 0. A second signal exits at once.
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
 
 import uvicorn
 
+from ..errors import OrtDecodeError
 from .app import create_app
 from .state import ServerState, ServeSettings
 
@@ -54,15 +56,33 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts: an address that cannot be had (in use, not
+    this machine's) is one line naming the options, not uvicorn's log and exit status."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError) as exc:
+        raise OrtDecodeError(f"--host {host}: cannot listen there ({exc})") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OrtDecodeError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    return sock
+
+
 def serve(settings: ServeSettings) -> int:
     """Run the server until a signal drains it (0) or the model fails to load (1)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sock = listening_socket(settings.host, settings.port)
     app = create_app(settings)
     state: ServerState = app.state.server
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5)
     server = DrainingServer(config, state)
-    server.run()
+    server.run(sockets=[sock])
     if state.failure is not None:
         print(f"ortdecode: error: {state.failure}", file=sys.stderr)
         return 1

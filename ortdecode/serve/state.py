@@ -6,9 +6,11 @@ import asyncio
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 from ..engine import EngineClosedError
+from ..generator import DEFAULT_MODEL_NAME
 from .metrics import ServerMetrics
 from .worker import EngineWorker
 
@@ -20,12 +22,27 @@ class ServeSettings:
     port: int = 8080  # 0: any free port (the listening line says which)
     provider: str = "auto"
     threads: int | None = None
+    decoder_layout: str = "auto"
+    allow_unvalidated: bool = False
     max_batch_rows: int = 16
     max_batch_tokens: int = 8192
     max_concurrent_requests: int = 64  # requests in the server (running + waiting); beyond: 429
     request_timeout: float = 60.0  # seconds; a request past it ends with its partial text, reason "time"
     continuous: bool | None = None  # None: join running batches when the export allows it
     grace_period: float = 30.0  # seconds that SIGTERM / Ctrl-C wait for running requests
+    served_model_name: str | None = None  # the id /v1/models lists; None: the model folder's name
+
+
+def served_model_name(settings: ServeSettings) -> str:
+    """The id the server answers to: as given, else the export folder's name ("t5-numbers" for the embedded
+    model, wherever the package keeps it)."""
+    if settings.served_model_name:
+        return settings.served_model_name
+    return DEFAULT_MODEL_NAME if settings.model is None else Path(settings.model).resolve().name
+
+
+# the settings /info reports as limits (the model, provider and address are reported on their own)
+_LIMITS = ("max_batch_rows", "max_batch_tokens", "max_concurrent_requests", "request_timeout", "grace_period")
 
 
 class ServiceUnavailable(EngineClosedError):
@@ -40,7 +57,7 @@ class ServerState:
         self.generator = None
         self.engine = None
         self.worker: EngineWorker | None = None
-        self.model_name = "ortdecode"
+        self.model_name = served_model_name(settings)
         self.load_seconds = 0.0
         self.failure: str | None = None  # why loading failed: the server exits 1
 
@@ -52,7 +69,8 @@ class ServerState:
 
         s = self.settings
         started = time.perf_counter()
-        generator = ortdecode.load(s.model, provider=s.provider, threads=s.threads)
+        generator = ortdecode.load(s.model, provider=s.provider, threads=s.threads, decoder_layout=s.decoder_layout,
+                                   allow_unvalidated=s.allow_unvalidated)
         with warnings.catch_warnings(record=True) as said:  # e.g. no decoder attention mask: static batches
             warnings.simplefilter("always")
             engine = BatchEngine(generator, max_batch_rows=s.max_batch_rows, max_batch_tokens=s.max_batch_tokens,
@@ -63,7 +81,6 @@ class ServerState:
         self.worker = EngineWorker(engine, loop, self.metrics)
         self.worker.start()
         self.generator, self.engine = generator, engine
-        self.model_name = generator.folder.name
         self.load_seconds = time.perf_counter() - started
         if self.phase != "loading":  # a signal came while loading: drain (nothing runs yet)
             engine.close()
@@ -97,9 +114,11 @@ class ServerState:
         import ortdecode
 
         info = {"model_id": self.model_name, "version": ortdecode.__version__, "phase": self.phase,
-                "limits": asdict(self.settings) | {"continuous_batching": getattr(self.engine, "continuous", None)}}
+                "limits": {name: getattr(self.settings, name) for name in _LIMITS} |
+                          {"continuous_batching": getattr(self.engine, "continuous", None)}}
         if manifest is not None:
             info |= {"model_folder": str(self.generator.folder), "provider": self.generator.provider,
+                     "decoder_layout": self.generator.runner.layout,
                      "max_input_tokens": self.generator.max_input_tokens,
                      "manifest": {"model_type": manifest.model_type, "source": manifest.source,
                                   "graphs": sorted(manifest.graphs), "layers": manifest.num_layers,
