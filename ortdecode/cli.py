@@ -44,14 +44,21 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def token_ids(text: str) -> list[int]:
-    """'3,7,9' -> [3, 7, 9] (argparse names this function in its error: "invalid token_ids value")."""
-    return [int(part) for part in text.split(",")]
+    """'3,7,9' -> [3, 7, 9]."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes token ids separated by commas (e.g. 3,7,9), but is {text!r}") from None
 
 
 def start_and_factor(text: str) -> tuple[int, float]:
     """'START,FACTOR' -> (START, FACTOR), for --exponential-decay-length-penalty."""
-    start, factor = text.split(",")
-    return int(start), float(factor)
+    try:
+        start, factor = text.split(",")
+        return int(start), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes START,FACTOR (an integer and a float, e.g. 10,1.05), but is {text!r}"
+                                         ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,18 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="HTTP server with continuous batching (needs the serve extra)")
     _add_model_options(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080, help="0: any free port (the listening line says which)")
+    serve.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8080,
+                       help="0: any free port, the listening line says which (default: %(default)s)")
+    serve.add_argument("--served-model-name", metavar="NAME",
+                       help="the model id /v1/models lists and a request's `model` may name (default: the model "
+                            "folder's name; t5-numbers for the embedded model)")
     serve.add_argument("--max-batch-rows", type=int, default=16, metavar="N",
-                       help="decoder rows in the running batch (beams and samples count as rows)")
+                       help="decoder rows in the running batch; beams and samples count as rows (default: %(default)s)")
     serve.add_argument("--max-batch-tokens", type=int, default=8192, metavar="N",
-                       help="sum of input length + max_new_tokens over the running requests")
+                       help="sum of input length + max_new_tokens over the running requests (default: %(default)s)")
     serve.add_argument("--max-concurrent-requests", type=int, default=64, metavar="N",
-                       help="requests running or waiting; more are answered 429")
+                       help="requests running or waiting; more are answered 429 (default: %(default)s)")
     serve.add_argument("--request-timeout", type=float, default=60.0, metavar="SECONDS",
-                       help="a request past it ends with its partial text, finish reason 'time'")
+                       help="a request past it ends with its partial text, finish reason 'time' (default: %(default)s)")
     serve.add_argument("--grace-period", type=float, default=30.0, metavar="SECONDS",
-                       help="how long SIGTERM / Ctrl-C wait for running requests")
+                       help="how long SIGTERM / Ctrl-C wait for running requests (default: %(default)s)")
     serve.add_argument("--no-continuous-batching", action="store_true",
                        help="static batches: requests join only when the running batch has finished")
 
@@ -468,19 +479,24 @@ def _serve(args) -> int:
     try:
         from .serve.server import ServeSettings, serve
     except ImportError as exc:
-        raise OrtDecodeError(f'`ortdecode serve` needs the serve extra: pip install "ortdecode[serve]" ({exc})') from None
+        raise OrtDecodeError(f'`ortdecode serve` needs the serve extra: pip install "ortdecode[serve]" (from a checkout: '
+                             f'pip install -e ".[cpu,serve]", or make serve) ({exc})') from None
     for name in ("max_batch_rows", "max_batch_tokens", "max_concurrent_requests"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} has to be >= 1, but is {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port has to be in 0..65535 (0: any free port), but is {args.port}")
     for name in ("request_timeout", "grace_period"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} has to be > 0 seconds, but is {getattr(args, name)}")
     read_manifest(args.model or default_model_path())  # a folder that is no export fails before binding
     return serve(ServeSettings(
         model=args.model, host=args.host, port=args.port, provider=args.provider, threads=args.threads,
+        decoder_layout=args.decoder_layout, allow_unvalidated=args.allow_unvalidated,
         max_batch_rows=args.max_batch_rows, max_batch_tokens=args.max_batch_tokens,
         max_concurrent_requests=args.max_concurrent_requests, request_timeout=args.request_timeout,
-        continuous=False if args.no_continuous_batching else None, grace_period=args.grace_period))
+        continuous=False if args.no_continuous_batching else None, grace_period=args.grace_period,
+        served_model_name=args.served_model_name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

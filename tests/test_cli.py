@@ -67,7 +67,10 @@ def test_generate_flags_for_transformers_processors_match_the_python_api(tiny_v1
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--suppress-tokens", "4,x"], "argument --suppress-tokens: invalid token_ids value: '4,x'"),
+    (["--suppress-tokens", "4,x"], "argument --suppress-tokens: takes token ids separated by commas (e.g. 3,7,9), "
+                                   "but is '4,x'"),
+    (["--exponential-decay-length-penalty", "10"], "argument --exponential-decay-length-penalty: takes START,FACTOR "
+                                                   "(an integer and a float, e.g. 10,1.05), but is '10'"),
     # Checked against the manifest's vocabulary before the model loads.
     (["--forced-bos-token-id", "999"], "`forced_bos_token_id` has to hold token ids in [0, 160), but holds [999]"),
 ])
