@@ -133,6 +133,20 @@ def with_past_export(tmp_path_factory, tiny_models) -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_model_int8(tmp_path_factory, default_model_dir) -> Path:
+    """The embedded model exported again as `ortdecode export --quantize int8` makes it (its folder is also its
+    PyTorch checkpoint): the CPU defaults, the with-past layout, every rewrite pass."""
+    from ortdecode_export import export_model
+
+    root, done = model_root(tmp_path_factory, "default-int8")
+    export = root / "onnx"
+    if not done:
+        export_model(str(default_model_dir), export, quantize="int8", progress=False, force=True)
+        (root / "complete").touch()
+    return export
+
+
+@pytest.fixture(scope="session")
 def unpacked_encoder_export(tmp_path_factory, tiny_models) -> Path:
     """tiny-v1 exported by the command line with every graph (--layout all), --no-pack-encoder and
     --no-ort-optimize: the encoder computes the padding too, as Optimum wrote it (the runner then encodes inputs

@@ -25,8 +25,13 @@ OPTIONS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["split", "merged"])
+@pytest.fixture(scope="module", params=["split", "merged", "with-past"])
 def generator(request, tiny_v1):
+    """with-past: the default CPU export (the encoder computes the cross cache; the self cache is written in place)."""
+    if request.param == "with-past":
+        generator = ortdecode.load(request.getfixturevalue("with_past_export"), provider="cpu")
+        assert generator.runner.layout == "with-past" and generator.runner.self_cache_in_place
+        return generator
     return ortdecode.load(tiny_v1.export, provider="cpu", decoder_layout=request.param)
 
 

@@ -61,13 +61,13 @@ def test_validation_failure_names_atol_and_the_folder_is_kept_marked_failed(tiny
     assert ortdecode.load(tmp_path / "strict", allow_unvalidated=True).generate(TEXTS[0], max_new_tokens=2).texts
 
 
-def test_int8_export_is_smaller_recorded_and_still_correct(tmp_path, default_model_dir):
+def test_int8_export_is_smaller_recorded_and_still_correct(default_model_int8, default_model_dir):
     """The embedded model's folder is also its PyTorch checkpoint: quantize it and decode the fixed prompts."""
-    int8 = export_model(str(default_model_dir), tmp_path / "int8", quantize="int8", progress=False)
+    int8 = ortdecode.read_manifest(default_model_int8)
     fp32 = ortdecode.read_manifest(default_model_dir)
     assert int8.quantization == "int8-dynamic" and fp32.quantization is None
     assert int8.validation["passed"] is None and int8.validation["max_abs_diff"] > 0  # measured, not judged
-    nodes = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "decoder_with_past_model.onnx")).graph.node}
+    nodes = {n.op_type for n in onnx.load(str(default_model_int8 / "decoder_with_past_model.onnx")).graph.node}
     assert nodes & {"MatMulInteger", "DynamicQuantizeMatMul"}
     # fused after quantizing (attention_fusion), the self cache updated in place (cache_in_place)
     assert {"MultiHeadAttention", "GroupQueryAttention"} <= nodes and "Softmax" not in nodes
@@ -79,9 +79,9 @@ def test_int8_export_is_smaller_recorded_and_still_correct(tmp_path, default_mod
         return sum((folder / name).stat().st_size for name in [graph.file, *graph.external_data])
 
     assert int8.export_options["layout"] == "with-past" and int8.graphs["decoder_with_past"].external_data
-    assert size(int8, tmp_path / "int8") < 0.5 * size(fp32, default_model_dir)
+    assert size(int8, default_model_int8) < 0.5 * size(fp32, default_model_dir)
     prompts = ["spell out: 4521", "to digits: seventy thousand three", "ordinal: 21"]
-    assert ortdecode.load(tmp_path / "int8").generate(prompts).texts == [
+    assert ortdecode.load(default_model_int8).generate(prompts).texts == [
         "four thousand five hundred twenty-one", "70003", "twenty-first"]
 
 

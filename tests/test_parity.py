@@ -46,8 +46,10 @@ def test_per_step_logits_match_pytorch(tiny, layout, share_weights):
     assert np.abs(single_pass - expected).max() <= 1e-4
 
 
-def test_greedy_sequences_and_texts_are_identical(reference):
-    generator, model, tokenizer, encoded = reference
+@pytest.mark.parametrize("layout,share_weights", SESSION_SETUPS)
+def test_greedy_sequences_and_texts_are_identical(reference, tiny, layout, share_weights):
+    _, model, tokenizer, encoded = reference
+    generator = ortdecode.load(tiny.export, provider="cpu", decoder_layout=layout, share_weights=share_weights)
     expected = hf_generate(model, encoded, max_new_tokens=16, do_sample=False)
     result = generator.generate(TEXTS, max_new_tokens=16, return_logits=True, return_scores=True)
     np.testing.assert_array_equal(result.sequences, expected.sequences.numpy())
