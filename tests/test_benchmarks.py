@@ -66,3 +66,26 @@ def test_the_engine_loop_runs_both_batching_modes_and_splits_runner_time(default
     engine_loop.main(["--model", str(default_model_dir), "--generate"])
     out = capsys.readouterr().out
     assert out.count("time to first token") == 3 and out.count("beam 4, batch") == 2 and "mixed lengths" in out
+
+
+def test_the_serving_benchmark_runs_both_ortdecode_servers_and_writes_results_and_plot(tmp_path):
+    """`python -m benchmarks.serve --quick` with the two ortdecode servers (the Optimum app and CTranslate2 are the
+    bench extra's): real `ortdecode serve` processes, real closed-loop streaming clients, interleaved turns; the
+    greedy texts of continuous and static batching agree, and the report, JSON and plot are written."""
+    import json
+
+    from benchmarks.serve import run
+
+    run.main(["--quick", "--systems", "ortdecode continuous", "ortdecode static", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "serve-quick.json").read_text())
+    numbers = result["models"]["t5-numbers"]
+    assert numbers["errors"] == {} and numbers["continuous_vs_static_text_mismatches"] == {"1": 0, "4": 0}
+    rows = {(row["system"], row["concurrency"]): row for row in numbers["rows"]}
+    assert set(rows) == {(system, clients) for system in ("ortdecode continuous", "ortdecode static")
+                         for clients in (1, 4)}
+    for row in rows.values():
+        assert row["tokens_per_s"] > 0 and row["ttft_p99_ms"] >= row["ttft_p50_ms"] > 0, row
+        assert len(row["rounds"]) == 1
+    report = (tmp_path / "serve-quick.md").read_text()
+    assert "| ortdecode continuous | 4 | 8 |" in report and "![plot](serve-quick.png)" in report
+    assert (tmp_path / "serve-quick.png").read_bytes().startswith(b"\x89PNG")

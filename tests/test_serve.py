@@ -29,7 +29,8 @@ LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 class ServerProcess:
     """`ortdecode serve --port 0 ARGS` in a subprocess; its stderr is collected by a thread."""
 
-    def __init__(self, *args: str, timeout: float = 60.0):
+    def __init__(self, *args: str, timeout: float = 60.0, ready: bool = True):
+        """ready: wait until /health answers 200 (else only until the server listens)."""
         script = Path(sys.executable).with_name("ortdecode")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "ortdecode.cli"]
         self.proc = subprocess.Popen([*command, "serve", "--port", "0", *args], stdout=subprocess.DEVNULL,
@@ -42,6 +43,11 @@ class ServerProcess:
         while not self._listening.wait(0.05):
             assert self.proc.poll() is None and time.monotonic() < deadline, f"server did not start: {self.stderr}"
         self.client = httpx.Client(base_url=self.url, timeout=30.0)
+        if ready:
+            self.wait_ready(deadline - time.monotonic())
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
         while self.client.get("/health").status_code != 200:
             assert self.proc.poll() is None and time.monotonic() < deadline, f"server not ready: {self.stderr}"
             time.sleep(0.05)
@@ -210,6 +216,10 @@ def test_openai_client(server, generator):
                                        stop=["thousand"])
     assert greedy.choices[0].text == generator.generate("spell out: 700019", max_new_tokens=16, stop=["thousand"]).texts[0]
     assert greedy.choices[0].finish_reason == "stop"
+    # the fields other clients send at the values that ask for nothing (LangChain's OpenAI LLM does)
+    neutral = client.completions.create(model=model, prompt="spell out: 7", max_tokens=8, echo=False, logprobs=None,
+                                        suffix=None, presence_penalty=0, frequency_penalty=0, best_of=1, logit_bias={})
+    assert neutral.choices[0].text == generator.generate("spell out: 7", max_new_tokens=8).texts[0]
     beams = client.completions.create(prompt="spell out: 123456", model=model, max_tokens=24,
                                       extra_body={"num_beams": 4, "length_penalty": 0.6})
     assert beams.choices[0].text == generator.generate("spell out: 123456", max_new_tokens=24, num_beams=4,
@@ -268,7 +278,10 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": []}, r"`prompt` is an empty list"),
     ("/v1/completions", {"prompt": ["spell out: 1", "\t"]}, r"^`prompt\[1\]` is empty or whitespace only"),
     ("/v1/completions", {"prompt": ""}, r"^`prompt` is empty or whitespace only"),
-    ("/v1/completions", {"prompt": "spell out: 1", "logprobs": 3}, r"unknown generation option\(s\): logprobs"),
+    ("/v1/completions", {"prompt": "spell out: 1", "logprobs": 3}, r"^`logprobs` is not supported by this server: "
+                                                                    r"it has to be null \(or omitted\), but is 3"),
+    ("/v1/completions", {"prompt": "spell out: 1", "best_of": 3}, r"^`best_of` is not supported .* null or n"),
+    ("/v1/completions", {"prompt": "spell out: 1", "presence_penalty": 0.5}, r"^`presence_penalty` is not supported"),
 ]
 
 
@@ -451,6 +464,43 @@ def test_signal_drains_running_requests_then_exits_0(generator, sig):
     assert body["details"]["finish_reason"] == "length"
     assert process.proc.wait(30) == 0
     assert "draining" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_while_loading_every_route_answers_503(tmp_path, generator):
+    """The model loads after the server listens; meanwhile /health, /generate and /v1/completions answer 503
+    ("loading"). The load is held at a real read: the copy's generation_config.json is a named pipe, written
+    only once the test has checked."""
+    import shutil
+
+    folder = tmp_path / "t5-numbers"
+    shutil.copytree(ortdecode.default_model_path(), folder)
+    config = folder / "generation_config.json"
+    content = config.read_bytes()
+    config.unlink()
+    os.mkfifo(config)
+    process = ServerProcess("--model", str(folder), "--provider", "cpu", ready=False)
+    try:
+        health = process.client.get("/health")
+        assert health.status_code == 503 and health.json() == {"status": "loading"}
+        for path, body in (("/generate", {"inputs": "spell out: 7"}), ("/v1/completions", {"prompt": "spell out: 7"})):
+            response = post(process, path, body)
+            assert response.status_code == 503 and "the server is loading" in json.dumps(response.json()), path
+        deadline = time.monotonic() + 30
+        while True:  # the server has the pipe open for reading once it loads: then a writer can open it
+            try:
+                pipe = os.open(config, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.proc.poll() is None, process.stderr
+                time.sleep(0.05)
+        os.set_blocking(pipe, True)
+        os.write(pipe, content)
+        os.close(pipe)
+        process.wait_ready()
+        body = post(process, "/generate", {"inputs": "spell out: 7"}).json()
+        assert body["generated_text"] == generator.generate("spell out: 7").texts[0]
+    finally:
+        assert process.stop() == 0, process.stderr
 
 
 def test_grace_period_cancels_what_still_runs_and_the_limits_apply(generator):

@@ -38,6 +38,7 @@ def parse_args(argv=None):
                         help="rounds of the ortdecode servers (continuous, static), interleaved: both servers run "
                              "side by side and take turns at each concurrency, round after round; each row is the "
                              "median round, each ratio between them its per-round median [min-max]")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the results (default: benchmarks/results)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: t5-numbers, concurrency 1 and 4, 8 requests, 8 to 32 new tokens")
     args = parser.parse_args(argv)
@@ -141,13 +142,13 @@ def main(argv=None) -> None:
     total = len(args.models) * runs * sum(per_level.values())
     result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": "cpu",
               "machine": machine_info("cpu"), "versions": versions(),
-              "settings": {k: v for k, v in vars(args).items()}, "models": {}}
+              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "models": {}}
     with tqdm(total=total, desc="serve benchmark", unit="req", file=sys.stderr) as bar:
         for name in args.models:
             result["models"][name] = bench_model(name, args, bar)
     result["targets"] = report.check_targets(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / ("serve-quick" if args.quick else "serve-latest")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / ("serve-quick" if args.quick else "serve-latest")
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     report.plot(result, stem.with_suffix(".png"))
     stem.with_suffix(".md").write_text(report.markdown(result, stem.with_suffix(".png").name))

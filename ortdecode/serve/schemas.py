@@ -35,6 +35,11 @@ class GenerateRequest(BaseModel):
 # generate() options that OpenAI's completions name otherwise: given under the library's name, they are refused
 # rather than silently replaced by the OpenAI field's value (or default)
 _OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n"}
+# OpenAI completion fields this server does not implement: accepted at the value that asks for nothing (clients
+# such as LangChain's send them so), refused otherwise. best_of is also neutral when it equals n.
+_NEUTRAL = {"echo": (False, "false"), "suffix": (None, "null"), "logprobs": (None, "null"),
+            "presence_penalty": (0, "0"), "frequency_penalty": (0, "0"), "logit_bias": (None, "null or {}"),
+            "best_of": (None, "null or n")}
 
 
 class CompletionRequest(BaseModel):
@@ -50,6 +55,13 @@ class CompletionRequest(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = None  # accepted and ignored, as OpenAI clients send it
+    echo: bool = False  # the fields of _NEUTRAL
+    suffix: str | None = None
+    logprobs: int | None = None
+    presence_penalty: float = 0
+    frequency_penalty: float = 0
+    logit_bias: dict[str, float] | None = None
+    best_of: int | None = None
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -59,6 +71,12 @@ class CompletionRequest(BaseModel):
         for option, field in _OPENAI_NAMES.items():
             if option in options:
                 raise ValueError(f"`{option}` is `{field}` in /v1/completions")
+        for name, (neutral, said) in _NEUTRAL.items():
+            value = getattr(self, name)
+            if value != neutral and not (name == "logit_bias" and value == {}) and not (name == "best_of" and
+                                                                                        value == self.n):
+                raise ValueError(f"`{name}` is not supported by this server: it has to be {said} (or omitted), "
+                                 f"but is {value!r}")
         if self.max_tokens is not None:
             options["max_new_tokens"] = self.max_tokens
         if self.temperature is not None:
