@@ -131,7 +131,8 @@ def markdown(result: dict, plot_name: str) -> str:
            f"{_fmt(machine.get('load_average_at_start', [None])[0])} "
            f"at the start, {_fmt(machine.get('load_average_at_end', [None])[0])} at the end), commit "
            f"{versions.get('commit')}; {settings['rounds']} independent rounds (fresh processes each), each case a "
-           f"full-length warm-up then the median of {settings['repeats']} timed generations"
+           f"full-length warm-up then the median of {settings['repeats']} timed generations (the step-cost cases "
+           f"against the generated length: one timed generation per round)"
            f"{' (QUICK smoke run: not a result)' if settings.get('quick') else ''}.", "",
            f"Threads, the same for every engine, each engine in a process of its own: {threads} threads; ONNX Runtime "
            f"(ortdecode, Optimum) intra_op_num_threads={threads}, inter_op 1, spin-waiting "
