@@ -484,6 +484,8 @@ def _serve(args) -> int:
     for name in ("max_batch_rows", "max_batch_tokens", "max_concurrent_requests"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} has to be >= 1, but is {getattr(args, name)}")
+    if args.served_model_name is not None and not args.served_model_name.strip():
+        raise ValueError("--served-model-name has to be a non-empty name")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port has to be in 0..65535 (0: any free port), but is {args.port}")
     for name in ("request_timeout", "grace_period"):

@@ -73,7 +73,8 @@ class Request:
         self.input_ids, self.attention_mask = input_ids, attention_mask
         self.input_length = int(attention_mask.sum())
         self.inputs = len(input_ids)
-        self.rows, _ = self.demand(config, input_ids, attention_mask)
+        # what it counts against max_batch_rows and max_batch_tokens
+        self.rows, self.tokens = self.demand(config, input_ids, attention_mask)
         self.created = time.monotonic()
         self.first_token_at: float | None = None
         self.finished_at: float | None = None
@@ -106,11 +107,6 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.finished_at is not None
-
-    @property
-    def tokens(self) -> int:
-        """What the request counts against `max_batch_tokens` (`demand`)."""
-        return self.input_length + self.config.new_token_budget
 
     def advance(self, logits: np.ndarray) -> tuple[RequestUpdate, np.ndarray | None]:
         """One step on this request's logits [rows, vocab]: processors, then the search. Returns the update

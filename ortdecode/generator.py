@@ -19,7 +19,7 @@ from typing import Generator as PieceStream, Sequence
 import numpy as np
 
 from .config import GenerationConfig
-from .engine import BatchEngine
+from .engine import BatchEngine, Request
 from .errors import GenerationInterrupted, InputTooLongError, ModelFolderError
 from .manifest import Manifest, read_manifest, validation_problem, verify_checksums
 from .numerics import check_scores, log_softmax
@@ -164,9 +164,8 @@ class Generator:
 
     def _engine_for_one_call(self, input_ids, attention_mask, config, logits_processors, stream_text: bool):
         """The batch engine with one request holding every row of a `generate` or `stream` call."""
-        rows = len(input_ids) * config.rows_per_input
-        engine = BatchEngine(self, max_batch_rows=rows, max_batch_tokens=int(attention_mask.sum()) +
-                             config.new_token_budget, max_waiting=1, continuous=False)
+        rows, tokens = Request.demand(config, input_ids, attention_mask)
+        engine = BatchEngine(self, max_batch_rows=rows, max_batch_tokens=tokens, max_waiting=1, continuous=False)
         return engine, engine.add(input_ids, attention_mask, config, logits_processors, stream_text=stream_text)
 
     def score(self, sources: str | Sequence[str], targets: str | Sequence[str], *,

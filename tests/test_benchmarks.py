@@ -68,14 +68,16 @@ def test_the_engine_loop_runs_both_batching_modes_and_splits_runner_time(default
     assert out.count("time to first token") == 3 and out.count("beam 4, batch") == 2 and "mixed lengths" in out
 
 
-def test_the_serving_benchmark_runs_both_ortdecode_servers_and_writes_results_and_plot(tmp_path):
+def test_the_serving_benchmark_runs_both_ortdecode_servers_and_writes_results_and_plot(tmp_path, monkeypatch):
     """`python -m benchmarks.serve --quick` with the two ortdecode servers (the Optimum app and CTranslate2 are the
     bench extra's): real `ortdecode serve` processes, real closed-loop streaming clients, interleaved turns; the
     greedy texts of continuous and static batching agree, and the report, JSON and plot are written."""
     import json
 
+    from benchmarks import artifacts
     from benchmarks.serve import run
 
+    monkeypatch.setattr(artifacts, "WORK", tmp_path / "work")  # its export too: nothing written outside tmp_path
     run.main(["--quick", "--systems", "ortdecode continuous", "ortdecode static", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "serve-quick.json").read_text())
     numbers = result["models"]["t5-numbers"]

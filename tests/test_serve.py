@@ -5,6 +5,7 @@ model, talked to with httpx, raw sockets and the `openai` client. Every answer i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -433,8 +434,8 @@ def test_queue_full_429_and_timeout_keeps_partial_text(generator):
 
 
 def test_an_export_without_the_decoder_mask_serves_static_batches_said_once(generator, maskless_export):
-    """Also: the model folder's name is the served model id, and the loading options reach the model."""
-    process = ServerProcess("--model", str(maskless_export), "--provider", "cpu", "--decoder-layout", "with-past")
+    """Also: the model folder's name is the served model id."""
+    process = ServerProcess("--model", str(maskless_export), "--provider", "cpu")
     try:
         info = process.client.get("/info").json()
         assert info["limits"]["continuous_batching"] is False and info["decoder_layout"] == "with-past"
@@ -479,6 +480,7 @@ def test_while_loading_every_route_answers_503(tmp_path, generator):
     config.unlink()
     os.mkfifo(config)
     process = ServerProcess("--model", str(folder), "--provider", "cpu", ready=False)
+    written = False
     try:
         health = process.client.get("/health")
         assert health.status_code == 503 and health.json() == {"status": "loading"}
@@ -496,18 +498,32 @@ def test_while_loading_every_route_answers_503(tmp_path, generator):
         os.set_blocking(pipe, True)
         os.write(pipe, content)
         os.close(pipe)
+        written = True
         process.wait_ready()
         body = post(process, "/generate", {"inputs": "spell out: 7"}).json()
         assert body["generated_text"] == generator.generate("spell out: 7").texts[0]
     finally:
-        assert process.stop() == 0, process.stderr
+        if not written:  # a failure above: end the load's read (the pipe, opened and closed empty) so the server can stop
+            with contextlib.suppress(OSError):
+                os.close(os.open(config, os.O_WRONLY | os.O_NONBLOCK))
+            process.stop()
+    assert process.stop() == 0, process.stderr
 
 
 def test_grace_period_cancels_what_still_runs_and_the_limits_apply(generator):
     """--grace-period 1: a request still running a second after SIGTERM answers with its partial text, reason
-    "cancelled", and the server exits 0. The flags reach the engine, and the latency metrics are recorded."""
+    "cancelled", and the server exits 0. --max-batch-tokens and --no-continuous-batching reach the engine (and
+    --threads 1 serves), and the latency metrics are recorded."""
     process = ServerProcess("--provider", "cpu", "--threads", "1", "--grace-period", "1", "--max-batch-tokens", "2000",
                             "--no-continuous-batching")
+    try:
+        _check_grace_period_and_limits(process, generator)
+    finally:
+        if process.proc.poll() is None:
+            process.stop(signal.SIGKILL)
+
+
+def _check_grace_period_and_limits(process: ServerProcess, generator) -> None:
     limits = process.client.get("/info").json()["limits"]
     assert limits["grace_period"] == 1.0 and limits["max_batch_tokens"] == 2000 and not limits["continuous_batching"]
     refused = post(process, "/generate", {"inputs": "spell out: 7", "parameters": {"max_new_tokens": 2001}})
@@ -588,6 +604,18 @@ def test_the_served_model_id_is_the_folders_name_or_as_given(generator):
         assert refused.status_code == 422 and "`model` has to be 'numbers-v2'" in refused.json()["error"]["message"]
     finally:
         assert process.stop() == 0
+
+
+def test_the_decoder_layout_option_reaches_the_model():
+    """The embedded model holds the split decoder pair only: asking for the merged graph fails its load, said in one
+    line, exit 1 (the option was once accepted and ignored)."""
+    script = Path(sys.executable).with_name("ortdecode")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "ortdecode.cli"]
+    done = subprocess.run([*command, "serve", "--port", "0", "--provider", "cpu", "--decoder-layout", "merged"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert re.search(r"^ortdecode: error: could not load the model: .*decoder_layout='merged' but the export has no "
+                     r"decoder_merged graph", done.stderr, re.M), done.stderr
 
 
 def test_serve_without_the_extra_says_what_to_install():

@@ -1,12 +1,16 @@
 """Request bodies (pydantic) and response bodies of the HTTP API.
 
 Generation options are not re-validated here: they go to `BatchEngine.submit`, whose `GenerationConfig`
-raises the library's own ValueError naming the option. The models only check the JSON shape.
+raises the library's own ValueError naming the option. The models check the JSON shape, and the bounds of
+OpenAI's own fields (max_tokens and n >= 1, temperature >= 0).
 
 - text-generation-inference's shape (POST /generate, /generate_stream): {"inputs", "parameters"} with
   transformers' option names; finish reasons are ortdecode's (eos, length, stop, time, cancelled).
 - OpenAI's completions shape (POST /v1/completions): max_tokens, temperature, top_p, n, stop, seed, stream;
-  any other field is passed on as a generation option (e.g. num_beams, top_k, repetition_penalty).
+  any other field is passed on as a generation option (e.g. num_beams, top_k, repetition_penalty), except
+  max_new_tokens and num_return_sequences (refused: they are max_tokens and n here) and the OpenAI fields
+  this server does not implement (echo, suffix, logprobs, the penalties, logit_bias, best_of: accepted at
+  the value that asks for nothing, refused otherwise).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # TGI flags about the response's shape: ortdecode always returns the details.
 _TGI_PRESENTATION_FLAGS = ("details", "decoder_input_details")
@@ -37,9 +41,9 @@ class GenerateRequest(BaseModel):
 _OPENAI_NAMES = {"max_new_tokens": "max_tokens", "num_return_sequences": "n"}
 # OpenAI completion fields this server does not implement: accepted at the value that asks for nothing (clients
 # such as LangChain's send them so), refused otherwise. best_of is also neutral when it equals n.
-_NEUTRAL = {"echo": (False, "false"), "suffix": (None, "null"), "logprobs": (None, "null"),
-            "presence_penalty": (0, "0"), "frequency_penalty": (0, "0"), "logit_bias": (None, "null or {}"),
-            "best_of": (None, "null or n")}
+_NEUTRAL = {"echo": ((False, None), "false"), "suffix": ((None,), "null"), "logprobs": ((None,), "null"),
+            "presence_penalty": ((0, None), "0"), "frequency_penalty": ((0, None), "0"),
+            "logit_bias": ((None, {}), "null or {}"), "best_of": ((None,), "null or n")}
 
 
 class CompletionRequest(BaseModel):
@@ -49,19 +53,24 @@ class CompletionRequest(BaseModel):
     max_tokens: int | None = Field(16, ge=1)
     temperature: float | None = Field(None, ge=0)  # None: the model's default (greedy for T5); 0: greedy; > 0: sampling
     top_p: float | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1)  # null: 1 (_null_is_one)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     user: str | None = None  # accepted and ignored, as OpenAI clients send it
-    echo: bool = False  # the fields of _NEUTRAL
+    echo: bool | None = False  # the fields of _NEUTRAL
     suffix: str | None = None
     logprobs: int | None = None
-    presence_penalty: float = 0
-    frequency_penalty: float = 0
+    presence_penalty: float | None = 0
+    frequency_penalty: float | None = 0
     logit_bias: dict[str, float] | None = None
     best_of: int | None = None
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _null_is_one(cls, value):
+        return 1 if value is None else value
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -73,8 +82,7 @@ class CompletionRequest(BaseModel):
                 raise ValueError(f"`{option}` is `{field}` in /v1/completions")
         for name, (neutral, said) in _NEUTRAL.items():
             value = getattr(self, name)
-            if value != neutral and not (name == "logit_bias" and value == {}) and not (name == "best_of" and
-                                                                                        value == self.n):
+            if value not in neutral and not (name == "best_of" and value == self.n):
                 raise ValueError(f"`{name}` is not supported by this server: it has to be {said} (or omitted), "
                                  f"but is {value!r}")
         if self.max_tokens is not None:

@@ -35,6 +35,7 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
             print(f"ortdecode: listening on http://{host}:{port} (loading the model; /health answers 200 once ready)",
                   file=sys.stderr, flush=True)
 
@@ -58,18 +59,19 @@ class DrainingServer(uvicorn.Server):
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before anything else starts: an address that cannot be had (in use, not
-    this machine's) is one line naming the options, not uvicorn's log and exit status."""
+    this machine's) is one line naming the options, not uvicorn's log and exit status. As uvicorn binds its
+    own socket: IPv6 for an address with a colon, else IPv4 (a name such as localhost resolves to its IPv4
+    address; "" is every IPv4 interface)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    if sys.platform != "win32":  # on Windows it would let two servers share a port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
+        sock.bind((host, port))
     except (OSError, UnicodeError) as exc:
-        raise OrtDecodeError(f"--host {host}: cannot listen there ({exc})") from None
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
         sock.close()
-        raise OrtDecodeError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise OrtDecodeError(f"--host {host} --port {port}: cannot listen there ({reason})") from None
     return sock
 
 

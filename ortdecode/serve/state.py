@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import warnings
@@ -36,9 +37,10 @@ class ServeSettings:
 def served_model_name(settings: ServeSettings) -> str:
     """The id the server answers to: as given, else the export folder's name ("t5-numbers" for the embedded
     model, wherever the package keeps it)."""
-    if settings.served_model_name:
+    if settings.served_model_name is not None:
         return settings.served_model_name
-    return DEFAULT_MODEL_NAME if settings.model is None else Path(settings.model).resolve().name
+    # absolute, not resolved: a link's own name is the one given ("models/current", not its target's)
+    return DEFAULT_MODEL_NAME if settings.model is None else Path(os.path.abspath(settings.model)).name
 
 
 # the settings /info reports as limits (the model, provider and address are reported on their own)
