@@ -273,12 +273,17 @@ class Generator:
         return ids, mask
 
 
+def text_name(name: str, index: int, indexed: bool = True) -> str:
+    """How a message names one text of a call: `name[index]`, or `name` alone for the caller's one text."""
+    return f"{name}[{index}]" if indexed else name
+
+
 def check_texts(texts: Sequence, name: str, indexed: bool = True) -> None:
-    """Messages name `name[index]`, or `name` alone when not `indexed` (the caller's one text)."""
+    """Messages name each text as `text_name` does."""
     if not texts:
         raise ValueError(f"`{name}` is empty: pass at least one text")
     for index, text in enumerate(texts):
-        item = f"{name}[{index}]" if indexed else name
+        item = text_name(name, index, indexed)
         if not isinstance(text, str):
             raise ValueError(f"`{item}` has to be a string, but is a {type(text).__name__}")
         if not text.strip():

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..engine import QueueFullError
 from ..errors import InputTooLongError
-from ..generator import check_texts
+from ..generator import check_texts, text_name
 from .schemas import (CompletionRequest, GenerateRequest, completion_body, generate_response, openai_finish_reason,
                       stream_events, usage_of)
 
@@ -69,8 +69,7 @@ class Job:
                 try:
                     request = worker.submit(text, options, self.queue)
                 except InputTooLongError as exc:  # it numbers the one input it was given: 0
-                    item = f"{field}[{index}]" if indexed else field
-                    raise ValueError(f"`{item}` has {exc.length} tokens, more than `max_input_tokens` ({exc.limit}); "
+                    raise ValueError(f"`{text_name(field, index, indexed)}` has {exc.length} tokens, more than `max_input_tokens` ({exc.limit}); "
                                      "shorten it or pass truncate_input: true to cut it") from None
                 self.requests.append(request)
                 self._open.add(request.request_id)
